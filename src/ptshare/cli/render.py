@@ -1,0 +1,152 @@
+"""Turning run results into tables a person reads, and into CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+from ..scenario.run import RunResult
+from ..units import format_ns
+
+MAX_PROCESS_ROWS = 20
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A plain-text table; ``align`` is one of ``l``/``r`` per column (numbers right by default)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if align is None:
+        align = "".join("r" if rows and isinstance(rows[0][i], int | float) else "l" for i in range(len(headers)))
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def run_table(result: RunResult) -> str:
+    """Steps, then the processes at the end, for one (scenario, policy)."""
+    out = [f"scenario {result.scenario} -- policy {result.policy} ({result.backend})"]
+    rows = []
+    prev_faults = 0
+    for step in result.steps:
+        faults = step.system.get("faults", 0)
+        pid = step.pid if step.repeat == 1 else f"{step.pid} x{step.repeat}"
+        rows.append([step.index, step.op, pid or "", faults - prev_faults, step.system["pagetables_kb"],
+                     format_ns(step.est_ns), format_ns(step.wall_ns)])
+        prev_faults = faults
+    out.append(table(["step", "op", "pid", "faults", "PageTables kB", "est. time", "sim wall"], rows, "rllrrrr"))
+    final = result.final
+    if final is not None:
+        out.append("")
+        out.append(process_table(final.processes))
+        signals = [s for step in result.steps for s in step.signals]
+        for sig in signals:
+            out.append(f"{sig['pid']}: killed by {sig['signal']} at {sig['addr']} ({sig['reason']})")
+    if not result.complete:
+        out.append(f"INCOMPLETE: {result.error}")
+    return "\n".join(out)
+
+
+def process_table(processes: dict[str, dict]) -> str:
+    names = list(processes)
+    rows = []
+    for name in names[:MAX_PROCESS_ROWS]:
+        p = processes[name]
+        rows.append([name, "yes" if p.get("alive") else "no", p["minflt"], p["vmpte_kb"], p["rss_kb"],
+                     p.get("pt_shared_kb", 0)])
+    text = table(["process", "alive", "minflt", "VmPTE kB", "RSS kB", "shared PT kB"], rows, "llrrrr")
+    if len(names) > MAX_PROCESS_ROWS:
+        rest = [processes[n] for n in names[MAX_PROCESS_ROWS:]]
+        text += (f"\n... and {len(rest):,} more processes: minflt {sum(p['minflt'] for p in rest):,} in all, "
+                 f"VmPTE {sum(p['vmpte_kb'] for p in rest):,} kB in all (--format json lists every one)")
+    return text
+
+
+COMPARE_ROWS = [
+    ("faults (minflt, all processes)", lambda r: r.final.system["faults"]),
+    ("page tables at the end (kB)", lambda r: r.final.system["pagetables_kb"]),
+    ("page tables at most (kB)", lambda r: max(s.system["pagetables_kb"] for s in r.steps)),
+    ("PTEs copied at fork", lambda r: r.final.system["ptes_copied"]),
+    ("COW copies", lambda r: r.final.system["cow_copies"]),
+    ("page tables shared", lambda r: r.final.system["pt_shared"]),
+    ("shared tables at the end", lambda r: r.final.system["shared_tables"]),
+    ("unshares", lambda r: r.final.system["pt_unshared"]),
+    ("TLB flushes on all CPUs", lambda r: r.final.system["tlb_flush_all"]),
+    ("estimated time", lambda r: format_ns(sum(s.est_ns for s in r.steps))),
+    ("  of which in fork", lambda r: format_ns(sum(s.est_ns for s in r.steps if s.op == "fork"))),
+    ("  of which in faults (touch)", lambda r: format_ns(sum(s.est_ns for s in r.steps if s.op == "touch"))),
+    ("simulator wall time", lambda r: format_ns(r.wall_ns)),
+]
+
+
+def compare_table(results: list[RunResult]) -> str:
+    head = ["", *[r.policy for r in results]]
+    rows = [[label, *[get(r) for r in results]] for label, get in COMPARE_ROWS]
+    title = f"scenario {results[0].scenario}: policies side by side"
+    return title + "\n" + table(head, rows, "l" + "r" * len(results))
+
+
+def compare_json(results: list[RunResult]) -> dict:
+    return {
+        "schema": "ptshare.compare/1",
+        "scenario": results[0].scenario,
+        "policies": {
+            r.policy: {
+                "faults": r.final.system["faults"],
+                "pagetables_kb": r.final.system["pagetables_kb"],
+                "pagetables_peak_kb": max(s.system["pagetables_kb"] for s in r.steps),
+                "ptes_copied": r.final.system["ptes_copied"],
+                "cow_copies": r.final.system["cow_copies"],
+                "pt_shared": r.final.system["pt_shared"],
+                "shared_tables": r.final.system["shared_tables"],
+                "pt_unshared": r.final.system["pt_unshared"],
+                "tlb_flush_all": r.final.system["tlb_flush_all"],
+                "est_ns": round(sum(s.est_ns for s in r.steps)),
+                "est_fork_ns": round(sum(s.est_ns for s in r.steps if s.op == "fork")),
+                "wall_ns": r.wall_ns,
+            }
+            for r in results
+        },
+    }
+
+
+RUN_CSV_FIELDS = ["scenario", "policy", "backend", "step", "op", "step_pid", "process", "alive", "minflt",
+                  "vmpte_kb", "rss_kb", "pt_shared_kb", "pagetables_kb", "est_ns", "wall_ns"]
+
+
+def run_csv(results: list[RunResult]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RUN_CSV_FIELDS)
+    for r in results:
+        for s in r.steps:
+            for name, p in s.processes.items():
+                writer.writerow([r.scenario, r.policy, r.backend, s.index, s.op, s.pid, name,
+                                 int(bool(p.get("alive"))), p["minflt"], p["vmpte_kb"], p["rss_kb"],
+                                 p.get("pt_shared_kb", 0), s.system["pagetables_kb"], round(s.est_ns), s.wall_ns])
+    return buf.getvalue()
+
+
+def compare_csv(results: list[RunResult]) -> str:
+    data = compare_json(results)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    fields = list(next(iter(data["policies"].values())))
+    writer.writerow(["scenario", "policy", *fields])
+    for policy, values in data["policies"].items():
+        writer.writerow([data["scenario"], policy, *[values[f] for f in fields]])
+    return buf.getvalue()

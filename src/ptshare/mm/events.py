@@ -1,0 +1,72 @@
+"""Event counters: what the modelled kernel did, counted the way ``/proc/vmstat`` counts.
+
+Each name is documented here because the cost model (``ptshare.cost``) charges nanoseconds per
+event and reports quote them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EVENTS: dict[str, str] = {
+    # faults (each is one entry of min_flt)
+    "fault": "page faults handled (min_flt)",
+    "fault_anon": "do_anonymous_page write: a new zeroed anonymous page",
+    "fault_zero": "do_anonymous_page read: the zero page mapped",
+    "fault_file": "do_read_fault: a file or shmem page mapped for reading",
+    "fault_around_ptes": "extra PTEs mapped by fault-around beyond the faulting one",
+    "fault_shared_write": "do_shared_fault: a file or shmem page mapped writable",
+    "fault_cow": "do_cow_fault: a private copy of a file page on first write",
+    "fault_wp_copy": "do_wp_page: a copy-on-write copy",
+    "fault_wp_reuse": "do_wp_page: an exclusive page made writable again",
+    "fault_wp_shared": "do_wp_page on a shared mapping: page_mkwrite",
+    "fault_hugetlb": "hugetlb_fault: a 2 MiB hugetlb page mapped",
+    "fault_spurious": "faults that found the entry already present (after attaching a shared table)",
+    "page_alloc": "4 KiB data frames allocated (anonymous, page cache, copies)",
+    "hpage_alloc": "2 MiB hugetlb folios allocated",
+    "page_zeroed": "4 KiB frames cleared or copied on allocation",
+    # fork
+    "fork": "fork() calls",
+    "ptes_copied": "PTEs copied by copy_pte_range at fork",
+    "huge_pmds_copied": "hugetlb PMD entries copied at fork",
+    "pte_tables_copied": "PTE tables allocated for the child and filled by copy_pte_range",
+    "vmas_copied": "VMAs duplicated by dup_mmap",
+    "vmas_skipped": "VMAs whose page tables fork did not copy (lazy copy)",
+    # teardown
+    "ptes_zapped": "present PTEs cleared by zap_pte_range (munmap, madvise, exit, truncate)",
+    "pages_freed": "data frames returned to the allocator",
+    "exit": "exit_mmap() calls",
+    "exec": "exec() calls",
+    # page tables
+    "pgtable_alloc": "page-table pages allocated",
+    "pgtable_free": "page-table pages freed",
+    "pt_shared": "page tables attached from another mm instead of allocated",
+    "pt_unshared": "shared page tables dropped by one of their users",
+    "tlb_flush_all": "TLB flushes on all CPUs (unsharing a shared table)",
+    "tlb_flush_mm": "TLB flushes of one mm's CPUs (munmap, mprotect, COW after fork)",
+    "ptes_changed": "PTEs write-protected or made writable by mprotect",
+    "ptes_moved": "PTEs moved by mremap",
+}
+
+NAMES = tuple(EVENTS)
+_INDEX = {name: i for i, name in enumerate(NAMES)}
+
+
+class Events:
+    """A vector of counters, one per name in :data:`EVENTS`."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(len(NAMES), dtype=np.int64)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[_INDEX[name]] += n
+
+    def __getitem__(self, name: str) -> int:
+        return int(self.values[_INDEX[name]])
+
+    def snapshot(self) -> np.ndarray:
+        return self.values.copy()
+
+    def as_dict(self, since: np.ndarray | None = None) -> dict[str, int]:
+        values = self.values if since is None else self.values - since
+        return {name: int(v) for name, v in zip(NAMES, values, strict=True)}

@@ -1,0 +1,166 @@
+"""The frame table: models the ``struct page`` array (``mem_map``) and the page allocator.
+
+Per-frame state lives in numpy arrays indexed by frame number (pfn); only the helpers here change
+them, and growing them is one function (:meth:`FrameTable._grow`).
+
+What is stored per frame:
+
+``flags``      ``PG_anon`` (anonymous page), ``PG_cache`` (in a page cache), ``PG_huge`` (a 2 MiB
+               hugetlb folio: one entry stands for the whole folio), ``PG_exclusive``
+               (``PageAnonExclusive``: set when a fault gives the page to one mapping, cleared
+               when fork shares it; mprotect may make only such pages writable).
+``mapcount``   how many page-table entries map the frame *explicitly*: anonymous pages and
+               private hugetlb pages.  This is what ``do_wp_page`` consults to decide whether a
+               write to a write-protected anonymous page may reuse it.
+``stamp``      the page's contents, as an integer the oracle can compare.
+
+Deliberate shortcut for speed: entries that map a page-cache page through a file-backed VMA are
+not counted in ``mapcount`` (thousands of processes mapping a 300 GiB segment would otherwise cost
+a counter update per page per process).  :func:`ptshare.oracle.invariants.check` recomputes every
+mapping count from the page tables and compares.
+
+Page-table pages are frames too; they are counted (``nr_pagetables``), not stored, since nothing
+depends on a table's physical frame.  Frame 0 is never handed out (0 means "no frame" in tables),
+and frame 1 is the shared zero page.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PtshareError
+
+PG_ANON = 1
+PG_CACHE = 2
+PG_HUGE = 4
+PG_ZERO = 8
+PG_EXCLUSIVE = 16  # PageAnonExclusive: this mapping is known to be the page's only one
+
+ZERO_PFN = 1
+_FIRST_PFN = 2
+HUGE_UNITS = 512  # 4 KiB units in one 2 MiB folio
+
+
+class OutOfMemory(PtshareError):
+    """The simulated machine has no free memory for an allocation."""
+
+    def __init__(self, needed: int, free: int, limit: int):
+        self.needed = needed
+        self.free = free
+        self.limit = limit
+        super().__init__(
+            f"out of memory: needed {needed * 4} kB more but only {free * 4} kB of the machine's "
+            f"{limit * 4} kB are free; raise [machine] memory or make the scenario smaller"
+        )
+
+
+class FrameTable:
+    """The machine's physical memory, in 4 KiB frames (a hugetlb folio is one entry of 512 units)."""
+
+    def __init__(self, memory_bytes: int | None):
+        self.limit_units = None if memory_bytes is None else memory_bytes // 4096
+        capacity = 1024
+        self.flags = np.zeros(capacity, dtype=np.uint8)
+        self.mapcount = np.zeros(capacity, dtype=np.int32)
+        self.stamp = np.zeros(capacity, dtype=np.int64)
+        self.flags[ZERO_PFN] = PG_ZERO
+        self._next = _FIRST_PFN
+        self._free: list[np.ndarray] = []  # stacks of freed pfns, reused first
+        self.nr_units = 0  # 4 KiB units held by data frames
+        self.nr_pagetables = 0  # page-table pages (NR_PAGETABLE)
+        self.peak_units = 0
+
+    # --- capacity ------------------------------------------------------------------------------
+
+    def _grow(self, needed_pfn: int) -> None:
+        capacity = len(self.flags)
+        if needed_pfn < capacity:
+            return
+        new_capacity = max(needed_pfn + 1, capacity * 2)
+        for name in ("flags", "mapcount", "stamp"):
+            old = getattr(self, name)
+            new = np.zeros(new_capacity, dtype=old.dtype)
+            new[:capacity] = old
+            setattr(self, name, new)
+
+    def free_units(self) -> int | None:
+        if self.limit_units is None:
+            return None
+        return self.limit_units - self.nr_units - self.nr_pagetables
+
+    def _charge(self, units: int) -> None:
+        free = self.free_units()
+        if free is not None and units > free:
+            raise OutOfMemory(units, free, self.limit_units)
+
+    def _note_peak(self) -> None:
+        used = self.nr_units + self.nr_pagetables
+        if used > self.peak_units:
+            self.peak_units = used
+
+    # --- the page allocator --------------------------------------------------------------------
+
+    def alloc(self, n: int, flags: int, stamps: np.ndarray | int = 0) -> np.ndarray:
+        """Allocate ``n`` frames with ``flags`` and contents ``stamps``; returns their pfns.
+
+        Raises :class:`OutOfMemory` before changing anything if the machine is full.
+        """
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        units = n * (HUGE_UNITS if flags & PG_HUGE else 1)
+        self._charge(units)
+        pfns = self._take(n)
+        self.flags[pfns] = flags
+        self.mapcount[pfns] = 0
+        self.stamp[pfns] = stamps
+        self.nr_units += units
+        self._note_peak()
+        return pfns
+
+    def _take(self, n: int) -> np.ndarray:
+        parts = []
+        while n and self._free:
+            stack = self._free[-1]
+            if len(stack) <= n:
+                parts.append(self._free.pop())
+                n -= len(stack)
+            else:
+                parts.append(stack[-n:])
+                self._free[-1] = stack[:-n]
+                n = 0
+        if n:
+            start = self._next
+            self._grow(start + n)
+            parts.append(np.arange(start, start + n, dtype=np.int64))
+            self._next = start + n
+        pfns = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return pfns
+
+    def free(self, pfns: np.ndarray) -> None:
+        """Return frames to the allocator (``free_pages``)."""
+        if len(pfns) == 0:
+            return
+        pfns = np.asarray(pfns, dtype=np.int64)
+        huge = (self.flags[pfns] & PG_HUGE) != 0
+        self.nr_units -= int(len(pfns) + huge.sum() * (HUGE_UNITS - 1))
+        self.flags[pfns] = 0
+        self.mapcount[pfns] = 0
+        self.stamp[pfns] = 0
+        self._free.append(pfns.copy())
+
+    def alloc_pgtables(self, n: int) -> None:
+        """Charge ``n`` page-table pages (``pagetable_alloc`` + ``NR_PAGETABLE``)."""
+        if n > 0:
+            self._charge(n)
+        self.nr_pagetables += n
+        self._note_peak()
+
+    def free_pgtables(self, n: int) -> None:
+        self.nr_pagetables -= n
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def used_pfns(self) -> np.ndarray:
+        """Every allocated data frame (not the zero page)."""
+        live = (self.flags[: self._next] & (PG_ANON | PG_CACHE)) != 0
+        return np.flatnonzero(live)

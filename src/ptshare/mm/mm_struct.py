@@ -1,0 +1,109 @@
+"""Models ``struct mm_struct`` (an address space) and ``struct task_struct`` (a process)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from ..arch import TABLE_BYTES
+from .vma import VMA
+
+
+@dataclass(eq=False)
+class MM:
+    """An address space: its VMAs (sorted by ``vm_start``), the root of its page tables and counters.
+
+    ``nr_ptes``, ``nr_pmds`` and ``nr_puds`` are the tables the mm references, as
+    ``mm_pgtables_bytes()`` counts them for VmPTE (shared tables included, the PGD excluded).
+    ``nr_shared`` counts the tables it attached from another mm (McCracken's ``nr_shpte``, shown as
+    VmSHPT): tables it uses but did not allocate.
+    """
+
+    id: int
+    pgd: int  # content id of the PGD in the top-level store
+    mmap_base: int
+    task_size: int
+    map_window: int
+    vmas: list[VMA] = field(default_factory=list)
+    nr_ptes: int = 0
+    nr_pmds: int = 0
+    nr_puds: int = 0
+    nr_shared: int = 0
+    pmd_boxes: set[int] = field(default_factory=set)  # shared PMD tables this mm uses
+    dead: bool = False
+
+    def __hash__(self) -> int:
+        return self.id
+
+    @property
+    def pgtables_bytes(self) -> int:
+        return (self.nr_ptes + self.nr_pmds + self.nr_puds) * TABLE_BYTES
+
+    # --- the VMA tree (a sorted list stands in for the maple tree) ----------------------------
+
+    def _starts(self) -> list[int]:
+        return [v.vm_start for v in self.vmas]
+
+    def find_vma(self, addr: int) -> VMA | None:
+        """Models find_vma(): the first VMA with ``vm_end > addr``."""
+        i = bisect.bisect_right(self._starts(), addr) - 1
+        if i >= 0 and self.vmas[i].vm_end > addr:
+            return self.vmas[i]
+        return self.vmas[i + 1] if i + 1 < len(self.vmas) else None
+
+    def vma_lookup(self, addr: int) -> VMA | None:
+        """Models vma_lookup(): the VMA containing ``addr``."""
+        vma = self.find_vma(addr)
+        return vma if vma is not None and vma.vm_start <= addr else None
+
+    def vmas_between(self, start: int, end: int) -> list[VMA]:
+        """VMAs intersecting [start, end), in address order."""
+        starts = self._starts()
+        i = max(bisect.bisect_right(starts, start) - 1, 0)
+        out = []
+        for vma in self.vmas[i:]:
+            if vma.vm_start >= end:
+                break
+            if vma.vm_end > start:
+                out.append(vma)
+        return out
+
+    def prev_next(self, start: int, end: int) -> tuple[VMA | None, VMA | None]:
+        """The VMAs just below ``start`` and just above ``end`` (for free_pgtables floor/ceiling)."""
+        starts = self._starts()
+        i = bisect.bisect_left(starts, start)
+        prev = None
+        for vma in reversed(self.vmas[:i]):
+            if vma.vm_end <= start:
+                prev = vma
+                break
+        j = bisect.bisect_left(starts, end)
+        nxt = self.vmas[j] if j < len(self.vmas) else None
+        return prev, nxt
+
+    def insert_vma(self, vma: VMA) -> None:
+        i = bisect.bisect_left(self._starts(), vma.vm_start)
+        self.vmas.insert(i, vma)
+        if vma.obj is not None:
+            vma.obj.i_mmap.add(vma)
+
+    def remove_vma(self, vma: VMA) -> None:
+        self.vmas.remove(vma)
+        if vma.obj is not None:
+            vma.obj.i_mmap.discard(vma)
+
+
+@dataclass(eq=False)
+class Task:
+    """A process: a name from the scenario, its mm, and its fault counters."""
+
+    pid: int
+    name: str
+    mm: MM
+    parent: Task | None = None
+    minflt: int = 0
+    alive: bool = True
+    killed_by: str | None = None  # "SIGSEGV", "SIGBUS", "OOM" when the model killed it
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} pid={self.pid}{'' if self.alive else ' exited'}>"

@@ -1,0 +1,282 @@
+"""Mapping and unmapping: models mm/mmap.c, mm/vma.c and arch/x86/kernel/sys_x86_64.c.
+
+Placement follows Linux 6.18 on x86-64 with a top-down layout: ``mmap_base`` below the stack
+gap (128 MiB without randomisation; 16 GiB of stack randomisation plus ``mmap_rnd_bits`` of
+page-granular randomness with it), the highest free gap that fits, and these alignments:
+
+* anonymous private mappings whose length is a multiple of 2 MiB are PMD-aligned
+  (``thp_get_unmapped_area``, with the search padded by 2 MiB);
+* regular files (ext4, xfs) likewise, by their file offset;
+* hugetlbfs mappings are aligned to the huge page size;
+* shmem (tmpfs, SysV, shared anonymous) with ``huge=never`` is not aligned.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..arch import PAGE_SHIFT, PAGE_SIZE
+from ..errors import MmError
+from .pagecache import FILE, SHMEM, AddressSpace
+from .unmap import free_pgtables, zap_page_range
+from .vma import (
+    VM_DONTEXPAND,
+    VM_HUGETLB,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_SHARED,
+    VM_SPECIAL,
+    VMA,
+)
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .mm_struct import MM
+
+STACK_RLIMIT = 8 << 20
+STACK_GUARD_GAP = 256 << PAGE_SHIFT
+STACK_RND = 0x3FFFFF << PAGE_SHIFT  # stack_maxrandom_size() on 64-bit
+GAP_MIN = 128 << 20
+MMAP_MIN_ADDR = 65536
+
+
+def mmap_base(k: Kernel, task_size: int) -> int:
+    """Models arch_pick_mmap_layout() -> mmap_base() with arch_mmap_rnd()."""
+    randomize = k.aslr_bits > 0
+    gap = STACK_RLIMIT + STACK_GUARD_GAP + (STACK_RND if randomize else 0)
+    gap = min(max(gap, GAP_MIN), task_size // 6 * 5)
+    rnd = int(k.rng.integers(0, 1 << k.aslr_bits)) << PAGE_SHIFT if randomize else 0
+    return (task_size - gap - rnd) & ~(PAGE_SIZE - 1)
+
+
+# --- get_unmapped_area --------------------------------------------------------------------------
+
+def _free_gaps(mm: MM, low: int, high: int) -> list[tuple[int, int]]:
+    gaps = []
+    prev_end = low
+    for vma in mm.vmas:
+        if vma.vm_start > prev_end:
+            gaps.append((prev_end, min(vma.vm_start, high)))
+        prev_end = max(prev_end, vma.vm_end)
+        if prev_end >= high:
+            break
+    if prev_end < high:
+        gaps.append((prev_end, high))
+    return [(a, b) for a, b in gaps if b > a]
+
+
+def vm_unmapped_area_topdown(mm: MM, length: int, high: int, align_mask: int = 0, align_offset: int = 0) -> int:
+    """The highest address ``a`` below ``high`` with [a, a + length) free and
+    ``(a - align_offset) & align_mask == 0``.  Raises ENOMEM if none."""
+    for gap_start, gap_end in reversed(_free_gaps(mm, MMAP_MIN_ADDR, high)):
+        if gap_end - gap_start < length:
+            continue
+        addr = gap_end - length
+        addr -= (addr - align_offset) & align_mask
+        if addr >= gap_start:
+            return addr
+    raise MmError("ENOMEM", f"no free range of {length} bytes below {high:#x}")
+
+
+def _range_free(mm: MM, addr: int, length: int) -> bool:
+    return addr >= MMAP_MIN_ADDR and addr + length <= mm.task_size and not mm.vmas_between(addr, addr + length)
+
+
+def get_unmapped_area(k: Kernel, mm: MM, hint: int, length: int, pgoff: int, obj: AddressSpace | None,
+                      shared: bool) -> int:
+    """Models __get_unmapped_area() for a mapping without MAP_FIXED."""
+    high = mm.mmap_base
+    if hint:
+        hint &= ~(PAGE_SIZE - 1)
+        if obj is not None and obj.is_hugetlb:
+            hint = -(-hint // k.geom.hpage_size) * k.geom.hpage_size
+        if _range_free(mm, hint, length):
+            return hint
+        if hint > mm.map_window:
+            high += mm.task_size - mm.map_window
+    pmd = k.geom.pmd_size
+    if obj is not None and obj.is_hugetlb:
+        return vm_unmapped_area_topdown(mm, length, high, k.geom.hpage_size - 1, pgoff << PAGE_SHIFT)
+    thp_file = obj is not None and obj.kind == FILE
+    thp_anon = obj is None and not shared and length % pmd == 0
+    if (thp_file or thp_anon) and not hint:
+        addr = _thp_get_unmapped_area(mm, length, pgoff << PAGE_SHIFT if thp_file else 0, pmd, high)
+        if addr:
+            return addr
+    return vm_unmapped_area_topdown(mm, length, high)
+
+
+def _thp_get_unmapped_area(mm: MM, length: int, off: int, size: int, high: int) -> int:
+    """Models __thp_get_unmapped_area(): search with the length padded, then align the result."""
+    off_end = off + length
+    off_align = -(-off // size) * size
+    if off_end <= off_align or off_end - off_align < size:
+        return 0
+    try:
+        ret = vm_unmapped_area_topdown(mm, length + size, high)
+    except MmError:
+        return 0
+    off_sub = (off - ret) & (size - 1)
+    if not off_sub:
+        return ret + size
+    return ret + off_sub
+
+
+# --- VMA surgery --------------------------------------------------------------------------------
+
+def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
+    """Models __split_vma(): ``vma`` keeps [vm_start, addr); returns the new VMA for [addr, vm_end).
+
+    A table shared across the split point can no longer be shared by this mm (neither half
+    covers it whole), so it lets go of it first (McCracken; hugetlb_split()).
+    """
+    unshare_around(k, mm, vma, addr)
+    new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
+              vm_pgoff=vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), obj=vma.obj,
+              anon_vma=vma.anon_vma)
+    vma.vm_end = addr
+    mm.insert_vma(new)
+    return new
+
+
+def unshare_around(k: Kernel, mm: MM, vma: VMA, addr: int) -> None:
+    """Let go of shared tables whose span contains ``addr`` (a VMA boundary is about to be there)."""
+    for size in (k.geom.pte.span, k.geom.pmd.span):
+        base = addr & ~(size - 1)
+        if base != addr:
+            unshare_range(k, mm, base, base + size)
+
+
+def unshare_range(k: Kernel, mm: MM, start: int, end: int) -> None:
+    """Models pt_unshare_range() / hugetlb_unshare_pmds(): drop every table shared with others in
+    [start, end); tables this mm alone uses stay, but are no longer offered to partners."""
+    from .unshare import unshare_tables
+
+    unshare_tables(k, mm, start, end)
+
+
+def _mergeable(a: VMA, b: VMA) -> bool:
+    """Models is_mergeable_vma() + is_mergeable_anon_vma() for ``a`` directly below ``b``."""
+    if a.vm_end != b.vm_start or a.vm_flags != b.vm_flags or a.obj is not b.obj:
+        return False
+    if a.vm_flags & VM_SPECIAL:
+        return False
+    if a.vm_pgoff + ((a.vm_end - a.vm_start) >> PAGE_SHIFT) != b.vm_pgoff:
+        return False
+    return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma
+
+
+def vma_merge(mm: MM, vma: VMA) -> VMA:
+    """Merge ``vma`` with its neighbours where Linux would; returns the surviving VMA."""
+    i = mm.vmas.index(vma)
+    if i + 1 < len(mm.vmas) and _mergeable(vma, mm.vmas[i + 1]):
+        nxt = mm.vmas[i + 1]
+        vma.vm_end = nxt.vm_end
+        vma.anon_vma = vma.anon_vma or nxt.anon_vma
+        mm.remove_vma(nxt)
+    if i > 0 and _mergeable(mm.vmas[i - 1], vma):
+        prev = mm.vmas[i - 1]
+        prev.vm_end = vma.vm_end
+        prev.anon_vma = prev.anon_vma or vma.anon_vma
+        mm.remove_vma(vma)
+        return prev
+    return vma
+
+
+# --- mmap / munmap ------------------------------------------------------------------------------
+
+def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpace | None = None,
+            offset: int = 0, shared: bool = False, addr: int = 0, fixed: bool = False) -> int:
+    """Models do_mmap() + mmap_region().  Returns the start address of the new mapping."""
+    if length <= 0:
+        raise MmError("EINVAL", "mmap length must be more than 0")
+    if offset % PAGE_SIZE:
+        raise MmError("EINVAL", f"file offset {offset:#x} is not page-aligned")
+    if obj is not None and obj.is_hugetlb:
+        hp = k.geom.hpage_size
+        length = -(-length // hp) * hp
+        if offset % hp:
+            raise MmError("EINVAL", f"hugetlb file offset {offset:#x} is not a multiple of 2 MiB")
+    length = -(-length // PAGE_SIZE) * PAGE_SIZE
+    if length > mm.task_size:
+        raise MmError("ENOMEM", f"length {length:#x} is larger than the address space")
+    pgoff = offset >> PAGE_SHIFT
+    if shared and obj is None:
+        obj = AddressSpace(id=k.new_object_id(), name="[shmem]", kind=SHMEM, size=length,
+                           page_size=PAGE_SIZE, anonymous=True)
+        k.objects.append(obj)
+        pgoff = 0
+    if fixed:
+        if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > mm.task_size:
+            raise MmError("EINVAL", f"MAP_FIXED address {addr:#x} is not a valid page-aligned user address")
+        if obj is not None and obj.is_hugetlb and addr % k.geom.hpage_size:
+            raise MmError("EINVAL", f"hugetlb MAP_FIXED address {addr:#x} is not 2 MiB-aligned")
+        do_munmap(k, mm, addr, length)
+    else:
+        addr = get_unmapped_area(k, mm, addr, length, pgoff, obj, shared)
+    vm_flags = prot_flags | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+    if shared:
+        vm_flags |= VM_SHARED | VM_MAYSHARE
+    if obj is not None and obj.is_hugetlb:
+        vm_flags |= VM_HUGETLB | VM_DONTEXPAND
+    if obj is None:
+        pgoff = addr >> PAGE_SHIFT
+    vma = VMA(mm=mm, vm_start=addr, vm_end=addr + length, vm_flags=vm_flags, vm_pgoff=pgoff, obj=obj)
+    mm.insert_vma(vma)
+    vma_merge(mm, vma)
+    return addr
+
+
+def do_munmap(k: Kernel, mm: MM, start: int, length: int) -> None:
+    """Models do_vmi_munmap(): split at the ends, zap, free page tables, remove the VMAs."""
+    if start % PAGE_SIZE:
+        raise MmError("EINVAL", f"munmap address {start:#x} is not page-aligned")
+    end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
+    victims = detach_range(k, mm, start, end)
+    if not victims:
+        return
+    unmap_region(k, mm, victims)
+
+
+def detach_range(k: Kernel, mm: MM, start: int, end: int) -> list[VMA]:
+    """Split the VMAs at ``start`` and ``end`` and take out those inside (vms_gather_munmap_vmas)."""
+    for vma in mm.vmas_between(start, end):
+        if vma.is_hugetlb and (start % k.geom.hpage_size or end % k.geom.hpage_size):
+            raise MmError("EINVAL", "hugetlb mappings can only be split at 2 MiB boundaries")
+    inside = mm.vmas_between(start, end)
+    if not inside:
+        return []
+    if inside[0].vm_start < start:
+        inside[0] = split_vma(k, mm, inside[0], start)
+    if inside[-1].vm_end > end:
+        split_vma(k, mm, inside[-1], end)
+    return mm.vmas_between(start, end)
+
+
+def unmap_region(k: Kernel, mm: MM, victims: list[VMA]) -> None:
+    """Models unmap_region(): zap the range, free its page tables, then forget the VMAs."""
+    start, end = victims[0].vm_start, victims[-1].vm_end
+    for vma in victims:
+        unshare_range(k, mm, vma.vm_start, vma.vm_end)
+        zap_page_range(k, mm, vma.vm_start, vma.vm_end)
+    for vma in victims:
+        mm.remove_vma(vma)
+        release_object(k, vma.obj)
+    prev, nxt = mm.prev_next(start, end)
+    floor = prev.vm_end if prev is not None else 0
+    ceiling = nxt.vm_start if nxt is not None else 0
+    free_pgtables(k, mm, [(v.vm_start, v.vm_end) for v in victims], floor, ceiling)
+
+
+def release_object(k: Kernel, obj: AddressSpace | None) -> None:
+    """Shared anonymous memory disappears with its last mapping (its file is never named)."""
+    if obj is None or not obj.anonymous or obj.i_mmap:
+        return
+    pfns = obj.cached_frames()
+    obj.resize(0)
+    k.frames.free(pfns)
+    k.events.add("pages_freed", len(pfns))
+    k.objects.remove(obj)
+

@@ -1,0 +1,159 @@
+"""mprotect and madvise: models mm/mprotect.c (``mprotect_fixup``, ``change_protection``) and
+``madvise_dontneed_single_vma`` (mm/madvise.c)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..arch import (
+    E_LEAF,
+    E_SHARED,
+    E_TABLE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTRS_PER_TABLE,
+    entry_tag,
+    entry_value,
+    leaf_explicit,
+    leaf_mkwrite,
+    leaf_wrprotect,
+    mk_table,
+    range_bits,
+)
+from ..errors import MmError
+from .frames import PG_ANON, PG_EXCLUSIVE
+from .mmap import split_vma, unshare_range, vma_merge
+from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
+from .unmap import zap_page_range
+from .vma import VM_ACCESS_FLAGS, VM_LOCKED, VM_WRITE, VMA
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .mm_struct import MM
+
+
+def _covering(k: Kernel, mm: MM, start: int, end: int, what: str) -> list[VMA]:
+    if start % PAGE_SIZE:
+        raise MmError("EINVAL", f"{what} address {start:#x} is not page-aligned")
+    vmas = mm.vmas_between(start, end)
+    addr = start
+    for vma in vmas:
+        if vma.vm_start > addr:
+            break
+        addr = vma.vm_end
+    if addr < end:
+        raise MmError("ENOMEM", f"{what} range {start:#x}-{end:#x} is not all mapped (hole at {addr:#x})")
+    for vma in vmas:
+        if vma.is_hugetlb and (start % k.geom.hpage_size or end % k.geom.hpage_size):
+            raise MmError("EINVAL", f"{what} of a hugetlb mapping must be 2 MiB-aligned")
+    return vmas
+
+
+def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot_flags: int) -> None:
+    """Models do_mprotect_pkey(): split the VMAs at the ends, change flags and PTEs, merge back."""
+    end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
+    for vma in _covering(k, mm, start, end, "mprotect"):
+        newflags = (vma.vm_flags & ~VM_ACCESS_FLAGS) | prot_flags
+        if newflags == vma.vm_flags:
+            continue
+        if vma.vm_start < start:
+            vma = split_vma(k, mm, vma, start)
+        if vma.vm_end > end:
+            split_vma(k, mm, vma, end)
+        mprotect_fixup(k, mm, vma, newflags)
+
+
+def mprotect_fixup(k: Kernel, mm: MM, vma: VMA, newflags: int) -> None:
+    unshare_range(k, mm, vma.vm_start, vma.vm_end)
+    vma.vm_flags = newflags
+    change_protection(k, mm, vma)
+    vma_merge(mm, vma)
+    k.events.add("tlb_flush_mm")
+
+
+def change_protection(k: Kernel, mm: MM, vma: VMA) -> None:
+    """Models change_protection() for the whole of ``vma`` after its flags changed.
+
+    Write permission is removed from every present entry.  It is granted where Linux 6.x grants
+    it without a fault: every entry of a shared mapping whose object does not track dirtying, and,
+    in a private writable mapping, entries mapping an anonymous page no other mapping shares
+    (``can_change_private_pte_writable``).  Everything else gains write access at the next fault.
+    """
+    for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=True):
+        pud = k.stores[PUD]
+        i0, i1, bases = span_slices(k, PUD, a, b)
+        for n, i in enumerate(range(i0, i1)):
+            entry = int(pud.entries[pud_cid, i])
+            tag = entry_tag(entry)
+            if tag == E_TABLE:
+                cid = k.stores[PMD].cow(int(entry_value(entry)))
+                pud.entries[pud_cid, i] = mk_table(cid)
+            elif tag == E_SHARED:
+                cid = k.shared.cow_content(int(entry_value(entry)))
+            else:
+                continue
+            lo, hi = max(a, int(bases[n])), min(b, int(bases[n]) + k.geom.pud.entry_size)
+            _change_pmd(k, vma, cid, lo, hi)
+
+
+def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None:
+    frames = k.frames
+    entries = k.stores[PMD].entries[pmd_cid]
+    i0, i1, span_addrs = span_slices(k, PMD, start, end)
+    e = entries[i0:i1]
+    tag = entry_tag(e)
+    grant_shared = vma.pte_writable()
+    grant_private = bool(vma.vm_flags & VM_WRITE) and not vma.is_shared
+    leaf = tag == E_LEAF
+    if leaf.any():
+        if vma.is_shared and vma.vm_flags & VM_WRITE:
+            e = np.where(leaf, leaf_mkwrite(e), e)
+        elif grant_private:
+            pages = np.where(leaf & leaf_explicit(e), entry_value(e), 0)
+            exclusive = (frames.flags[pages] & PG_EXCLUSIVE) != 0
+            e = np.where(leaf & exclusive & (pages > 0), leaf_mkwrite(e), leaf_wrprotect(e))
+        else:
+            e = leaf_wrprotect(e)
+        entries[i0:i1] = e
+        k.events.add("ptes_changed", int(leaf.sum()))
+    rows = np.flatnonzero((tag == E_TABLE) | (tag == E_SHARED))
+    if len(rows) == 0:
+        return
+    pte = k.stores[PTE]
+    sids = np.where(tag[rows] == E_SHARED, entry_value(e[rows]), 0)
+    cids = np.where(sids != 0, k.shared.content[sids], entry_value(e[rows]))
+    present, write, pfn = pte.load(cids)
+    lo = np.clip((vma.vm_start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    hi = np.clip((vma.vm_end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    mask = range_bits(lo, hi) & present
+    if grant_shared:
+        grant = mask
+    elif grant_private:
+        grant = mask & (pfn > 0) & ((frames.flags[pfn] & (PG_ANON | PG_EXCLUSIVE)) == (PG_ANON | PG_EXCLUSIVE))
+    else:
+        grant = np.zeros_like(mask)
+    new_write = np.where(mask, grant, write)
+    changed = (new_write != write).any(axis=1)
+    if not changed.any():
+        return
+    k.events.add("ptes_changed", int((new_write != write).sum()))
+    for n in np.flatnonzero(changed).tolist():
+        if sids[n]:
+            cid = k.shared.cow_content(int(sids[n]))
+            pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
+        else:
+            (cid,) = pte.cow(np.array([cids[n]]))
+            pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
+            entries[i0 + rows[n]] = mk_table(cid)
+
+
+def do_madvise_dontneed(k: Kernel, mm: MM, start: int, length: int) -> None:
+    """MADV_DONTNEED: drop the pages of the range; the page tables stay."""
+    end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
+    for vma in _covering(k, mm, start, end, "madvise"):
+        if vma.vm_flags & VM_LOCKED:
+            raise MmError("EINVAL", "MADV_DONTNEED on a locked mapping")
+    unshare_range(k, mm, start, end)
+    zap_page_range(k, mm, start, end)

@@ -1,0 +1,207 @@
+"""mremap: models mm/mremap.c (``move_vma``, ``move_page_tables``, ``vma_expand``).
+
+Entries move with their pages (``move_ptes``): anonymous pages keep their mappings, file entries
+keep mapping the same file pages since the VMA keeps its ``vm_pgoff``.  Tables at the source are
+freed with the old range, as ``free_pgtables`` frees them; the destination allocates what it
+needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..arch import (
+    E_LEAF,
+    E_NONE,
+    E_TABLE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTRS_PER_TABLE,
+    entry_tag,
+    mk_table,
+)
+from ..errors import MmError
+from .access import Accesses, spans_touched
+from .mmap import get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
+from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
+from .translate import lookup
+from .vma import VMA
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .mm_struct import MM
+
+
+def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_addr: int | None) -> int:
+    """Resize or move the mapping at ``addr``; returns its new address.
+
+    With ``new_addr`` this is MREMAP_MAYMOVE|MREMAP_FIXED; without, the mapping shrinks or grows
+    in place where it can and moves (MREMAP_MAYMOVE) where it cannot.
+    """
+    if addr % PAGE_SIZE or (new_addr is not None and new_addr % PAGE_SIZE):
+        raise MmError("EINVAL", "mremap addresses must be page-aligned")
+    old_size = -(-old_size // PAGE_SIZE) * PAGE_SIZE
+    new_size = -(-new_size // PAGE_SIZE) * PAGE_SIZE
+    if new_size == 0:
+        raise MmError("EINVAL", "mremap to size 0")
+    vma = mm.vma_lookup(addr)
+    if vma is None or addr + old_size > vma.vm_end:
+        raise MmError("EFAULT", f"mremap range {addr:#x}+{old_size:#x} is not inside one mapping")
+    if vma.is_hugetlb:
+        hp = k.geom.hpage_size
+        if addr % hp or old_size % hp or new_size % hp or (new_addr is not None and new_addr % hp):
+            raise MmError("EINVAL", "mremap of a hugetlb mapping must be 2 MiB-aligned")
+    if new_addr is None:
+        if new_size <= old_size:
+            if new_size < old_size:
+                from .mmap import do_munmap
+
+                do_munmap(k, mm, addr + new_size, old_size - new_size)
+            return addr
+        if addr + old_size == vma.vm_end and not mm.vmas_between(vma.vm_end, addr + new_size) \
+                and addr + new_size <= mm.mmap_base:
+            vma.vm_end = addr + new_size
+            return addr
+    return move_vma(k, mm, vma, addr, old_size, new_size, new_addr)
+
+
+def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: int,
+             new_addr: int | None) -> int:
+    if vma.vm_start < addr:
+        vma = split_vma(k, mm, vma, addr)
+    if vma.vm_end > addr + old_size:
+        split_vma(k, mm, vma, addr + old_size)
+    pgoff = vma.vm_pgoff
+    if new_addr is None:
+        new_addr = get_unmapped_area(k, mm, 0, new_size, pgoff, vma.obj, vma.is_shared)
+    else:
+        if new_addr < addr + old_size and addr < new_addr + new_size:
+            raise MmError("EINVAL", "mremap source and destination overlap")
+        from .mmap import do_munmap
+
+        do_munmap(k, mm, new_addr, new_size)
+    unshare_range(k, mm, addr, addr + old_size)
+    moved = min(old_size, new_size)
+    new = VMA(mm=mm, vm_start=new_addr, vm_end=new_addr + new_size, vm_flags=vma.vm_flags, vm_pgoff=pgoff,
+              obj=vma.obj, anon_vma=vma.anon_vma)
+    mm.insert_vma(new)
+    move_page_tables(k, mm, vma, addr, new, new_addr, moved)
+    if old_size > new_size:
+        from .unmap import zap_page_range
+
+        zap_page_range(k, mm, addr + new_size, addr + old_size)
+    unmap_region(k, mm, [vma])
+    vma_merge(mm, new)
+    return new_addr
+
+
+def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int) -> None:
+    """Move every present entry of [old_addr, old_addr + length) to the same offset at ``new_addr``."""
+    if old.is_hugetlb:
+        step = k.geom.hpage_size
+        addrs = np.arange(old_addr, old_addr + length, step, dtype=np.int64)
+    else:
+        addrs = np.arange(old_addr, old_addr + length, PAGE_SIZE, dtype=np.int64)
+    present, write, pfn = lookup(k, mm, addrs)
+    if not present.any():
+        return
+    src = addrs[present]
+    dst = src - old_addr + new_addr
+    _install(k, mm, new, dst, write[present], pfn[present])
+    _clear(k, mm, src)
+    k.events.add("ptes_moved", len(src))
+    k.events.add("tlb_flush_mm")
+
+
+def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray) -> None:
+    from ..arch import mk_leaf
+
+    acc = Accesses.explicit(addrs)
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    span_shift = k.geom.pte.span.bit_length() - 1
+    for lo, hi in spans_touched(acc, k.geom.pud.span.bit_length() - 1):
+        for pud_cid, a, b in pud_tables(k, mm, lo, hi, alloc=True):
+            sel = (addrs >= a) & (addrs < b)
+            for key in np.unique(addrs[sel] >> pmd_shift).tolist():
+                in_pmd = sel & ((addrs >> pmd_shift) == key)
+                i = k.geom.index(k.geom.pud, key << pmd_shift)
+                pmd_cid = _pmd_for_install(k, mm, pud_cid, i)
+                entries = k.stores[PMD].entries[pmd_cid]
+                slot = (addrs[in_pmd] >> span_shift) & (PTRS_PER_TABLE - 1)
+                if vma.is_hugetlb:
+                    entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
+                    continue
+                _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd])
+
+
+def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:
+    from ..arch import entry_value
+
+    pud = k.stores[PUD]
+    entry = int(pud.entries[pud_cid, i])
+    if entry_tag(entry) == E_NONE:
+        cid = k.stores[PMD].new()
+        account_alloc(k, mm, PMD, 1)
+    else:
+        cid = k.stores[PMD].cow(int(entry_value(entry)))
+    pud.entries[pud_cid, i] = mk_table(cid)
+    return cid
+
+
+def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
+                  write: np.ndarray, pfn: np.ndarray) -> None:
+    from ..arch import entry_value
+
+    pte = k.stores[PTE]
+    spans, inv = np.unique(slot, return_inverse=True)
+    tags = entry_tag(entries[spans])
+    none = tags == E_NONE
+    if none.any():
+        ids = pte.new(np.zeros((int(none.sum()), PTRS_PER_TABLE), bool),
+                      np.zeros((int(none.sum()), PTRS_PER_TABLE), bool), None)
+        entries[spans[none]] = mk_table(ids)
+        account_alloc(k, mm, PTE, int(none.sum()))
+    cids = pte.cow(entry_value(entries[spans]))
+    entries[spans] = mk_table(cids)
+    present, w, f = pte.load(cids)
+    ent = (addrs >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+    present[inv, ent] = True
+    w[inv, ent] = write
+    f[inv, ent] = pfn
+    pte.store(cids, present, w, f)
+
+
+def _clear(k: Kernel, mm: MM, addrs: np.ndarray) -> None:
+    """Clear moved entries at the source without touching the pages (they live on at the target)."""
+    from ..arch import entry_value
+
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    span_shift = k.geom.pte.span.bit_length() - 1
+    pte = k.stores[PTE]
+    for key in np.unique(addrs >> pmd_shift).tolist():
+        base = key << pmd_shift
+        sel = (addrs >> pmd_shift) == key
+        for pud_cid, _a, _b in pud_tables(k, mm, base, base + 1, write=True):
+            i = k.geom.index(k.geom.pud, base)
+            entry = int(k.stores[PUD].entries[pud_cid, i])
+            cid = k.stores[PMD].cow(int(entry_value(entry)))
+            k.stores[PUD].entries[pud_cid, i] = mk_table(cid)
+            entries = k.stores[PMD].entries[cid]
+            slot = (addrs[sel] >> span_shift) & (PTRS_PER_TABLE - 1)
+            if entry_tag(entries[slot[0]]) == E_LEAF:
+                entries[slot] = 0
+                continue
+            spans, inv = np.unique(slot, return_inverse=True)
+            ids = pte.cow(entry_value(entries[spans]))
+            entries[spans] = mk_table(ids)
+            present, w, f = pte.load(ids)
+            ent = (addrs[sel] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+            present[inv, ent] = False
+            w[inv, ent] = False
+            f[inv, ent] = 0
+            pte.store(ids, present, w, f)
+
+
+__all__ = ["E_TABLE", "PAGE_SHIFT", "do_mremap", "move_page_tables"]

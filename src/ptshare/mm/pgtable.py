@@ -1,0 +1,311 @@
+"""Storage of page-table contents: one store per level, and the table of shared tables.
+
+The simulated tables are values.  A table's *contents* live in a store under an integer id with a
+storage reference count (``refs``): the number of directory entries, shared tables and mm roots
+that point at it.  Two processes whose tables hold equal contents may point at the same id; a
+table is copied only when one of them changes it (:meth:`_Store.cow`).  This is the simulator's
+own copy-on-write, invisible to the model: every process still *has* its own table, and the
+kernel-visible counts (``nr_ptes``, ``NR_PAGETABLE``, ``mapcount``) are kept by the operations, not
+derived from storage.
+
+A *shared* table is different: it is one physical table that several mms' directory entries point
+at (hugetlb PMD sharing; McCracken's shared PTE tables).  Its share count lives in
+:class:`SharedTables` (``pt_share_count``), separate from storage refs and from page mapcounts.
+A fault that fills an entry of a shared table is seen by every sharer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..arch import (
+    E_SHARED,
+    E_TABLE,
+    MASK_BYTES,
+    PTRS_PER_TABLE,
+    bitmap_pack,
+    bitmap_unpack,
+    bitmap_weight,
+    entry_tag,
+    entry_value,
+)
+
+
+def _grown(array: np.ndarray, capacity: int, fill: int = 0) -> np.ndarray:
+    new = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
+    new[: len(array)] = array
+    return new
+
+
+class _Store:
+    """Ids, storage refs and a free list; subclasses add the columns that hold contents."""
+
+    _columns: tuple[tuple[str, int], ...] = ()  # (attribute, fill value)
+
+    def __init__(self) -> None:
+        self.refs = np.zeros(64, dtype=np.int64)
+        self._next = 1  # id 0 is never used
+        self._free: list[int] = []
+        self.nr_live = 0
+
+    def _alloc_ids(self, n: int) -> np.ndarray:
+        reuse = min(n, len(self._free))
+        ids = [self._free.pop() for _ in range(reuse)]
+        fresh = n - reuse
+        if fresh:
+            start = self._next
+            self._next += fresh
+            if self._next > len(self.refs):
+                capacity = max(self._next, 2 * len(self.refs))
+                self.refs = _grown(self.refs, capacity)
+                for name, fill in self._columns:
+                    setattr(self, name, _grown(getattr(self, name), capacity, fill))
+            ids.extend(range(start, start + fresh))
+        self.nr_live += n
+        return np.asarray(ids, dtype=np.int64)
+
+    def get(self, ids: np.ndarray | int, count: int = 1) -> None:
+        """Take ``count`` more storage references on each id (duplicates counted)."""
+        np.add.at(self.refs, np.asarray(ids, dtype=np.int64), count)
+
+    def put(self, ids: np.ndarray | int) -> None:
+        """Drop one storage reference per id (duplicates counted); release contents at zero."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0:
+            return
+        np.subtract.at(self.refs, ids, 1)
+        dead = np.unique(ids[self.refs[ids] == 0])
+        if len(dead):
+            self._release(dead)
+            self._free.extend(dead.tolist())
+            self.nr_live -= len(dead)
+
+    def _release(self, ids: np.ndarray) -> None:
+        """Drop whatever the dead contents referenced."""
+
+
+class PteStore(_Store):
+    """Contents of PTE tables: present and writable masks, and explicit frames where any.
+
+    ``row[id]`` indexes ``pfn`` (a 512-entry row of explicit frame numbers: anonymous, zero or
+    private-copy pages) or is -1 when every present entry maps its file page implicitly.
+    """
+
+    _columns = (("present", 0), ("write", 0), ("row", -1))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.present = np.zeros((64, MASK_BYTES), dtype=np.uint8)
+        self.write = np.zeros((64, MASK_BYTES), dtype=np.uint8)
+        self.row = np.full(64, -1, dtype=np.int64)
+        self.pfn = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
+        self._rows_next = 0
+        self._rows_free: list[int] = []
+
+    def new(self, present: np.ndarray, write: np.ndarray, pfn: np.ndarray | None, refs: int = 1) -> np.ndarray:
+        """Store ``n`` new contents (bool[n, 512] masks, int64[n, 512] frames or None)."""
+        n = len(present)
+        ids = self._alloc_ids(n)
+        self.present[ids] = bitmap_pack(present)
+        self.write[ids] = bitmap_pack(write)
+        self.row[ids] = -1
+        if pfn is not None:
+            has = np.flatnonzero(pfn.any(axis=1))
+            if len(has):
+                rows = self._alloc_rows(len(has))
+                self.pfn[rows] = pfn[has]
+                self.row[ids[has]] = rows
+        self.refs[ids] = refs
+        return ids
+
+    def _alloc_rows(self, n: int) -> np.ndarray:
+        reuse = min(n, len(self._rows_free))
+        rows = [self._rows_free.pop() for _ in range(reuse)]
+        fresh = n - reuse
+        if fresh:
+            start = self._rows_next
+            self._rows_next += fresh
+            if self._rows_next > len(self.pfn):
+                self.pfn = _grown(self.pfn, max(self._rows_next, 2 * len(self.pfn)))
+            rows.extend(range(start, start + fresh))
+        return np.asarray(rows, dtype=np.int64)
+
+    def _release(self, ids: np.ndarray) -> None:
+        rows = self.row[ids]
+        rows = rows[rows >= 0]
+        self._rows_free.extend(rows.tolist())
+        self.pfn[rows] = 0
+        self.row[ids] = -1
+
+    def load(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(present bool[n,512], write bool[n,512], pfn int64[n,512]) of the contents ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        present = bitmap_unpack(self.present[ids])
+        write = bitmap_unpack(self.write[ids])
+        pfn = np.zeros((len(ids), PTRS_PER_TABLE), dtype=np.int64)
+        rows = self.row[ids]
+        has = rows >= 0
+        if has.any():
+            pfn[has] = self.pfn[rows[has]]
+        return present, write, pfn
+
+    def nr_present(self, ids: np.ndarray) -> np.ndarray:
+        return bitmap_weight(self.present[np.asarray(ids, dtype=np.int64)])
+
+    def store(self, ids: np.ndarray, present: np.ndarray, write: np.ndarray, pfn: np.ndarray) -> None:
+        """Overwrite contents in place; only for ids the caller holds the sole reference to."""
+        self.present[ids] = bitmap_pack(present)
+        self.write[ids] = bitmap_pack(write)
+        explicit = pfn.any(axis=1)
+        rows = self.row[ids]
+        need = explicit & (rows < 0)
+        if need.any():
+            rows = rows.copy()
+            rows[need] = self._alloc_rows(int(need.sum()))
+            self.row[ids] = rows
+        drop = ~explicit & (rows >= 0)
+        if drop.any():
+            self._rows_free.extend(rows[drop].tolist())
+            self.pfn[rows[drop]] = 0
+            rows = rows.copy()
+            rows[drop] = -1
+            self.row[ids] = rows
+        keep = rows >= 0
+        self.pfn[rows[keep]] = pfn[keep]
+
+    def cow(self, ids: np.ndarray) -> np.ndarray:
+        """Make each id private to the caller (who holds one reference): copy where refs > 1."""
+        ids = np.asarray(ids, dtype=np.int64).copy()
+        shared = self.refs[ids] > 1
+        if shared.any():
+            old = ids[shared]
+            present, write, pfn = self.load(old)
+            ids[shared] = self.new(present, write, pfn, refs=1)
+            self.put(old)
+        return ids
+
+
+class DirStore(_Store):
+    """Contents of directory tables (PMD, PUD, P4D, PGD): 512 tagged ``int64`` entries each.
+
+    ``child`` is the store of the level below, whose ids ``E_TABLE`` entries hold, and ``shared``
+    the table of shared tables that ``E_SHARED`` entries point into.
+    """
+
+    _columns = (("entries", 0),)
+
+    def __init__(self, child: _Store, shared: SharedTables) -> None:
+        super().__init__()
+        self.entries = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
+        self.child = child
+        self.shared = shared
+
+    def new(self, entries: np.ndarray | None = None, refs: int = 1) -> int:
+        (cid,) = self._alloc_ids(1)
+        self.entries[cid] = 0 if entries is None else entries
+        self.refs[cid] = refs
+        if entries is not None:
+            self._get_children(self.entries[cid])
+        return int(cid)
+
+    def _get_children(self, entries: np.ndarray) -> None:
+        tags = entry_tag(entries)
+        tables = entries[tags == E_TABLE]
+        if len(tables):
+            self.child.get(entry_value(tables))
+        boxes = entries[tags == E_SHARED]
+        if len(boxes):
+            self.shared.get(entry_value(boxes))
+
+    def _release(self, ids: np.ndarray) -> None:
+        entries = self.entries[ids].ravel()
+        tags = entry_tag(entries)
+        tables = entries[tags == E_TABLE]
+        boxes = entries[tags == E_SHARED]
+        self.entries[ids] = 0
+        if len(tables):
+            self.child.put(entry_value(tables))
+        if len(boxes):
+            self.shared.put(entry_value(boxes))
+
+    def cow(self, cid: int) -> int:
+        """Make ``cid`` private to the caller (who holds one reference); copy if shared."""
+        if self.refs[cid] == 1:
+            return cid
+        new = self.new(self.entries[cid].copy())
+        self.put(cid)
+        return new
+
+
+class SharedTables:
+    """Tables that several mms' directory entries point at.
+
+    Two counts, kept apart on purpose (hugetlb once used the table page's refcount as its share
+    count and transient references made unshared tables look shared):
+
+    ``users[id]``  how many mms' page tables use the table -- ``pt_share_count`` + 1.  Kept by the
+                   operations (attach, unshare, fork, exit); 1 means only one user is left and the
+                   table behaves as that mm's own.
+    ``refs[id]``   storage references from directory contents (see the module docstring).
+
+    ``content[id]`` is the id of the table's contents in ``stores[level[id]]``; the shared table
+    holds one storage reference on it.  ``owner[id]`` is the mm that allocated it (0 once that mm
+    has let go), so that VmSHPT counts only tables an mm attached; ``children[id]`` counts the PTE
+    tables inside a shared PMD table, which every user's VmPTE includes.
+    """
+
+    def __init__(self) -> None:
+        self.users = np.zeros(64, dtype=np.int64)
+        self.refs = np.zeros(64, dtype=np.int64)
+        self.level = np.zeros(64, dtype=np.int8)
+        self.content = np.zeros(64, dtype=np.int64)
+        self.owner = np.zeros(64, dtype=np.int64)
+        self.children = np.zeros(64, dtype=np.int64)
+        self.stores: dict[int, _Store] = {}
+        self._next = 1
+        self._free: list[int] = []
+        self.nr_live = 0
+
+    def new(self, level: int, content_id: int, owner: int) -> int:
+        """A shared table holding ``content_id`` (the caller's storage reference moves to it)."""
+        if self._free:
+            sid = self._free.pop()
+        else:
+            sid = self._next
+            self._next += 1
+            if sid >= len(self.users):
+                capacity = 2 * len(self.users)
+                for name in ("users", "refs", "level", "content", "owner", "children"):
+                    setattr(self, name, _grown(getattr(self, name), capacity))
+        self.users[sid] = 1
+        self.refs[sid] = 0
+        self.owner[sid] = owner
+        self.children[sid] = 0
+        self.level[sid] = level
+        self.content[sid] = content_id
+        self.nr_live += 1
+        return sid
+
+    def get(self, sids: np.ndarray | int) -> None:
+        np.add.at(self.refs, np.asarray(sids, dtype=np.int64), 1)
+
+    def put(self, sids: np.ndarray | int) -> None:
+        sids = np.atleast_1d(np.asarray(sids, dtype=np.int64))
+        np.subtract.at(self.refs, sids, 1)
+        for sid in np.unique(sids[self.refs[sids] == 0]).tolist():
+            if self.content[sid]:
+                self.stores[int(self.level[sid])].put(int(self.content[sid]))
+            self.content[sid] = 0
+            self._free.append(sid)
+            self.nr_live -= 1
+
+    def cow_content(self, sid: int) -> int:
+        """Make the shared table's contents private to it (they may share storage) and return them."""
+        store = self.stores[int(self.level[sid])]
+        cid = int(self.content[sid])
+        new = int(store.cow(np.array([cid]))[0]) if isinstance(store, PteStore) else store.cow(cid)
+        self.content[sid] = new
+        return new
+
+
+__all__ = ["DirStore", "PteStore", "SharedTables"]

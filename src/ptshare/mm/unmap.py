@@ -1,0 +1,261 @@
+"""Tearing mappings down: models ``zap_page_range_single()``/``unmap_vmas()`` and ``free_pgtables()``
+(mm/memory.c).
+
+Zapping clears entries and drops the pages they mapped; it never frees a page table.  Page
+tables go in :func:`free_pgtables`, only where no remaining VMA still needs them (the ``floor`` and
+``ceiling`` rules of ``free_pgd_range``).  A table shared with other mms is not zapped: the mm
+lets go of it (McCracken's ``pt_check_unshare_pte``, ``huge_pmd_unshare``) and the others keep it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..arch import (
+    E_LEAF,
+    E_NONE,
+    E_SHARED,
+    E_TABLE,
+    PAGE_SHIFT,
+    PTRS_PER_TABLE,
+    entry_tag,
+    entry_value,
+    leaf_explicit,
+    mk_table,
+    range_bits,
+)
+from . import ptshare
+from .frames import ZERO_PFN
+from .pagewalk import PMD, PTE, PUD, account_free, pud_tables, span_slices
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .mm_struct import MM
+
+_U64 = (1 << 64) - 1
+
+
+def zap_page_range(k: Kernel, mm: MM, start: int, end: int) -> int:
+    """Clear every entry mapping [start, end) and drop the pages; returns the entries cleared."""
+    cleared = 0
+    for pud_cid, a, b in pud_tables(k, mm, start, end, write=True):
+        cleared += _zap_pud(k, mm, pud_cid, a, b)
+    if cleared:
+        k.events.add("tlb_flush_mm")
+    return cleared
+
+
+def _zap_pud(k: Kernel, mm: MM, pud_cid: int, start: int, end: int) -> int:
+    pud = k.stores[PUD]
+    pmd = k.stores[PMD]
+    cleared = 0
+    addr = start
+    while addr < end:
+        nxt = k.geom.addr_end(k.geom.pud, addr, end)
+        i = k.geom.index(k.geom.pud, addr)
+        entry = int(pud.entries[pud_cid, i])
+        tag = entry_tag(entry)
+        if tag == E_TABLE:
+            cid = pmd.cow(int(entry_value(entry)))
+            pud.entries[pud_cid, i] = mk_table(cid)
+            cleared += _zap_pmd(k, mm, cid, 0, addr, nxt)
+        elif tag == E_SHARED:
+            sid = int(entry_value(entry))
+            if ptshare.release(k, mm, PMD, sid):
+                pud.entries[pud_cid, i] = 0
+                k.shared.put(sid)
+            else:
+                cleared += _zap_pmd(k, mm, k.shared.cow_content(sid), sid, addr, nxt)
+        addr = nxt
+    return cleared
+
+
+def _zap_pmd(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int) -> int:
+    """Models zap_pmd_range()/zap_pte_range() for every PTE table (or huge leaf) under one PMD table."""
+    entries = k.stores[PMD].entries[pmd_cid]
+    i0, i1, span_addrs = span_slices(k, PMD, start, end)
+    e = entries[i0:i1]
+    tag = entry_tag(e)
+    cleared = 0
+    leaf = np.flatnonzero(tag == E_LEAF)
+    if len(leaf):
+        explicit = leaf_explicit(e[leaf])
+        _drop_anon(k, entry_value(e[leaf][explicit]))
+        entries[i0 + leaf] = 0
+        cleared += len(leaf)
+    tables = []
+    for n in np.flatnonzero(tag == E_SHARED).tolist():
+        sid = int(entry_value(e[n]))
+        if ptshare.release(k, mm, PTE, sid):
+            entries[i0 + n] = 0
+            k.shared.put(sid)
+        else:
+            tables.append((n, sid))
+    own = np.flatnonzero(tag == E_TABLE)
+    if len(own) == 0 and not tables:
+        return cleared
+    pte = k.stores[PTE]
+    rows = np.concatenate([own, np.array([n for n, _ in tables], dtype=np.int64)])
+    cids = np.concatenate([entry_value(e[own]), np.array([k.shared.cow_content(s) for _, s in tables],
+                                                          dtype=np.int64)])
+    lo = np.clip((start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    hi = np.clip((end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    present, write, pfn = pte.load(cids)
+    mask = range_bits(lo, hi) & present
+    if not mask.any():
+        return cleared
+    gone = pfn[mask]
+    _drop_anon(k, gone[gone > ZERO_PFN])
+    cleared += int(mask.sum())
+    present &= ~mask
+    write &= ~mask
+    pfn[mask] = 0
+    touched = mask.any(axis=1)
+    nown = len(own)
+    own_t = np.flatnonzero(touched[:nown])
+    if len(own_t):
+        new = pte.cow(cids[own_t])
+        pte.store(new, present[own_t], write[own_t], pfn[own_t])
+        entries[i0 + own[own_t]] = mk_table(new)
+    for m in np.flatnonzero(touched[nown:]).tolist():
+        n = nown + m
+        pte.store(np.array([cids[n]]), present[n:n + 1], write[n:n + 1], pfn[n:n + 1])
+    k.events.add("ptes_zapped", int(mask.sum()))
+    return cleared
+
+
+def _drop_anon(k: Kernel, pfns: np.ndarray) -> None:
+    """One mapping fewer for each anonymous page; free those no longer mapped."""
+    if len(pfns) == 0:
+        return
+    frames = k.frames
+    frames.mapcount[pfns] -= 1
+    dead = pfns[frames.mapcount[pfns] == 0]
+    if len(dead):
+        frames.free(dead)
+        k.events.add("pages_freed", len(dead))
+
+
+# --- freeing page tables -----------------------------------------------------------------------
+
+def free_pgtables(k: Kernel, mm: MM, ranges: list[tuple[int, int]], floor: int, ceiling: int) -> None:
+    """Models free_pgtables(): free the tables of unmapped ``ranges`` that nothing else needs.
+
+    ``floor`` is the end of the VMA below, ``ceiling`` the start of the VMA above (0: none).
+    Nearby ranges (within a PMD) are freed in one call, as the kernel gathers nearby VMAs.
+    """
+    pmd_size = k.geom.pmd_size
+    groups: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if groups and start <= groups[-1][1] + pmd_size:
+            groups[-1][1] = max(groups[-1][1], end)
+        else:
+            groups.append([start, end])
+    for n, (start, end) in enumerate(groups):
+        nxt = groups[n + 1][0] if n + 1 < len(groups) else ceiling
+        free_pgd_range(k, mm, start, end, floor, nxt)
+
+
+def free_pgd_range(k: Kernel, mm: MM, addr: int, end: int, floor: int, ceiling: int) -> None:
+    """Models free_pgd_range(): the PTE tables of [addr, end) go, and each directory table whose
+    whole span lies inside [floor, ceiling) after rounding goes with them."""
+    pmd_mask = ~(k.geom.pmd_size - 1)
+    addr &= pmd_mask
+    if addr < floor:
+        addr += k.geom.pmd_size
+    if ceiling:
+        ceiling &= pmd_mask
+        if not ceiling:
+            return
+    if ((end - 1) & _U64) > ((ceiling - 1) & _U64):
+        end -= k.geom.pmd_size
+    if addr > end - 1:
+        return
+    top = len(k.geom.levels) - 1
+    mm.pgd = k.stores[top].cow(mm.pgd)
+    _free_dir(k, mm, top, mm.pgd, 0, addr, end, floor, ceiling)
+
+
+def _free_dir(k: Kernel, mm: MM, lvl: int, cid: int, sid: int, start: int, end: int, floor: int,
+              ceiling: int) -> None:
+    """Free what lies below the level-``lvl`` table ``cid`` in [start, end)."""
+    store = k.stores[lvl]
+    if lvl == PMD:
+        _free_pte_tables(k, mm, cid, sid, start, end)
+        return
+    level = k.geom.levels[lvl]
+    child_span = k.geom.levels[lvl - 1].span
+    addr = start
+    while addr < end:
+        nxt = k.geom.addr_end(level, addr, end)
+        i = k.geom.index(level, addr)
+        entry = int(store.entries[cid, i])
+        tag = entry_tag(entry)
+        if tag == E_NONE:
+            addr = nxt
+            continue
+        child_sid = int(entry_value(entry)) if tag == E_SHARED else 0
+        if child_sid and ptshare.release(k, mm, lvl - 1, child_sid):
+            store.entries[cid, i] = 0
+            k.shared.put(child_sid)
+            addr = nxt
+            continue
+        if child_sid:
+            child = k.shared.cow_content(child_sid)
+        else:
+            child = k.stores[lvl - 1].cow(int(entry_value(entry)))
+            store.entries[cid, i] = mk_table(child)
+        _free_dir(k, mm, lvl - 1, child, child_sid, addr, nxt, floor, ceiling)
+        if _whole_span_free(child_span, addr, nxt, floor, ceiling):
+            store.entries[cid, i] = 0
+            if child_sid:
+                ptshare.free_last(k, mm, lvl - 1, child_sid)
+                k.shared.put(child_sid)
+            else:
+                k.stores[lvl - 1].put(child)
+                account_free(k, mm, lvl - 1, 1)
+        addr = nxt
+
+
+def _whole_span_free(span: int, start: int, end: int, floor: int, ceiling: int) -> bool:
+    """The test at the end of free_pmd_range()/free_pud_range()/free_p4d_range()."""
+    mask = ~(span - 1)
+    if (start & mask) < floor:
+        return False
+    if ceiling:
+        ceiling &= mask
+        if not ceiling:
+            return False
+    return ((end - 1) & _U64) <= ((ceiling - 1) & _U64)
+
+
+def _free_pte_tables(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int) -> None:
+    """Models free_pte_range() for each PMD entry in [start, end)."""
+    entries = k.stores[PMD].entries[pmd_cid]
+    i0, i1, _addrs = span_slices(k, PMD, start, end)
+    e = entries[i0:i1]
+    tag = entry_tag(e)
+    own = np.flatnonzero(tag == E_TABLE)
+    if len(own):
+        k.stores[PTE].put(entry_value(e[own]))
+        entries[i0 + own] = 0
+        if pmd_sid:
+            k.shared.children[pmd_sid] -= len(own)
+            k.frames.free_pgtables(len(own))
+            k.events.add("pgtable_free", len(own))
+        else:
+            account_free(k, mm, PTE, len(own))
+    for n in np.flatnonzero(tag == E_SHARED).tolist():
+        sid = int(entry_value(e[n]))
+        if not ptshare.release(k, mm, PTE, sid):
+            ptshare.free_last(k, mm, PTE, sid)
+        entries[i0 + n] = 0
+        k.shared.put(sid)
+    leaves = np.flatnonzero(tag == E_LEAF)
+    if len(leaves):
+        from ..errors import InternalError
+
+        raise InternalError("free_pgtables found a huge page still mapped", mm=mm.id,
+                            addr=hex(start), entries=e[leaves][:4].tolist())

@@ -1,0 +1,303 @@
+"""The invariant checker: recomputes every count from the page tables and compares.
+
+Run after every operation when a :class:`ptshare.System` is made with ``check=True`` (the tests
+do; it is off by default because it walks every table of every process).  A broken invariant
+raises :class:`InternalError` with the state that broke it, like the kernel's ``print_bad_pte``.
+
+Checked:
+
+* every present entry lies inside a VMA of its mm; explicit frames only in anonymous or private
+  mappings, implicit ones only in file mappings and only on pages the page cache holds;
+* writable implies present; the zero page is never writable;
+* each anonymous frame's ``mapcount`` equals the entries that map it, over all processes; no
+  allocated anonymous frame is unmapped and no freed frame is mapped or cached;
+* each page-cache frame belongs to exactly one object;
+* each shared table's ``users`` equals the mms whose tables point at it, and its storage refs the
+  directory contents that hold it;
+* every content's storage refs equal the references to it;
+* each mm's VmPTE counters equal the tables reachable from it;
+* the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..arch import (
+    E_LEAF,
+    E_SHARED,
+    E_TABLE,
+    PAGE_SHIFT,
+    entry_tag,
+    entry_value,
+    leaf_explicit,
+)
+from ..errors import InternalError
+from ..mm.frames import PG_ANON, PG_CACHE, ZERO_PFN
+from ..mm.pagewalk import PMD, PTE, PUD
+
+if TYPE_CHECKING:
+    from ..mm.kernel import Kernel
+    from ..mm.mm_struct import MM
+    from ..system import System
+
+
+class _Walk:
+    """Everything reachable from one mm, walked logically (shared tables included)."""
+
+    def __init__(self, k: Kernel, mm: MM) -> None:
+        self.k, self.mm = k, mm
+        self.tables = Counter()  # level -> tables the mm references (VmPTE levels and above)
+        self.shared = Counter()  # (level, sid) -> references from this mm
+        self.own_tables = Counter()  # level -> tables not inside a shared table (allocated by / for the mm)
+        self.ptes: list[tuple[int, int, int, bool]] = []  # (pte cid, base address, sid or 0, in shared pmd)
+        self.leaves: list[tuple[np.ndarray, np.ndarray]] = []  # (addresses, entries) of huge leaves
+        top = len(k.geom.levels) - 1
+        self._dir(top, mm.pgd, 0, 0, False)
+
+    def _dir(self, lvl: int, cid: int, base: int, in_sid: int, inside_shared: bool) -> None:
+        k = self.k
+        entries = k.stores[lvl].entries[cid]
+        size = k.geom.levels[lvl].entry_size
+        for i in np.flatnonzero(entries).tolist():
+            e = int(entries[i])
+            addr = base + i * size
+            tag = entry_tag(e)
+            if lvl == PMD and tag == E_LEAF:
+                self.leaves.append((np.array([addr]), np.array([e])))
+                continue
+            if tag == E_LEAF:
+                raise InternalError("huge leaf above the PMD level", level=lvl, addr=hex(addr), entry=hex(e))
+            child_lvl = lvl - 1
+            self.tables[child_lvl] += 1
+            if tag == E_SHARED:
+                sid = int(entry_value(e))
+                self.shared[(child_lvl, sid)] += 1
+                child = int(k.shared.content[sid])
+                if int(k.shared.level[sid]) != child_lvl:
+                    raise InternalError("shared table at the wrong level", sid=sid, level=child_lvl)
+                if child_lvl == PTE:
+                    self.ptes.append((child, addr, sid, inside_shared))
+                else:
+                    self._dir(child_lvl, child, addr, sid, True)
+            elif tag == E_TABLE:
+                child = int(entry_value(e))
+                if not inside_shared:
+                    self.own_tables[child_lvl] += 1
+                if child_lvl == PTE:
+                    self.ptes.append((child, addr, 0, inside_shared))
+                else:
+                    self._dir(child_lvl, child, addr, in_sid, inside_shared)
+
+
+def check(system: System) -> None:
+    k = system.k
+    walks = {task.name: _Walk(k, task.mm) for task in k.tasks if task.alive}
+    mapcount = Counter()
+    cache_owner: dict[int, str] = {}
+    for obj in k.objects:
+        for pfn in obj.cached_frames().tolist():
+            if pfn in cache_owner:
+                raise InternalError("frame in two page caches", pfn=pfn, objects=(cache_owner[pfn], obj.name))
+            cache_owner[pfn] = obj.name
+            if not k.frames.flags[pfn] & PG_CACHE:
+                raise InternalError("cached frame without PG_CACHE", pfn=pfn, object=obj.name)
+    for name, walk in walks.items():
+        _check_entries(k, name, walk, mapcount)
+        _check_counts(k, name, walk)
+    _check_frames(k, mapcount, cache_owner)
+    _check_shared(k, walks)
+    _check_storage(k)
+    _check_pagetables(k, walks)
+
+
+def _vma_at(mm: MM, addrs: np.ndarray) -> np.ndarray:
+    starts = np.array([v.vm_start for v in mm.vmas] or [0], dtype=np.int64)
+    ends = np.array([v.vm_end for v in mm.vmas] or [0], dtype=np.int64)
+    which = np.searchsorted(starts, addrs, side="right") - 1
+    inside = (which >= 0) & (addrs < ends[np.maximum(which, 0)]) if mm.vmas else np.zeros(len(addrs), bool)
+    return np.where(inside, which, -1)
+
+
+def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None:
+    mm = walk.mm
+    pte = k.stores[PTE]
+    for cid, base, sid, _inside in walk.ptes:
+        present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
+        if (write & ~present).any():
+            raise InternalError("writable entry that is not present", process=name, table=hex(base))
+        if (pfn[~present] != 0).any():
+            raise InternalError("frame in an entry that is not present", process=name, table=hex(base))
+        idx = np.flatnonzero(present)
+        if len(idx) == 0:
+            continue
+        addrs = base + (idx.astype(np.int64) << PAGE_SHIFT)
+        which = _vma_at(mm, addrs)
+        if (which < 0).any():
+            bad = int(addrs[which < 0][0])
+            raise InternalError("present entry outside every VMA", process=name, addr=hex(bad),
+                                vmas=mm.vmas[:6])
+        f = pfn[idx]
+        if ((f == ZERO_PFN) & write[idx]).any():
+            raise InternalError("writable zero page", process=name, table=hex(base))
+        if sid and (f != 0).any():
+            raise InternalError("explicit frame in a shared table", process=name, table=hex(base), sid=sid)
+        for v in np.unique(which).tolist():
+            vma = mm.vmas[v]
+            sel = which == v
+            explicit = f[sel] != 0
+            if vma.obj is None and not explicit.all():
+                raise InternalError("implicit entry in an anonymous VMA", process=name, vma=vma, table=hex(base))
+            if vma.obj is not None and vma.is_shared and explicit.any():
+                raise InternalError("explicit frame in a shared mapping", process=name, vma=vma, table=hex(base))
+            if vma.is_hugetlb:
+                raise InternalError("PTE table in a hugetlb VMA", process=name, vma=vma)
+            if vma.obj is not None and (~explicit).any():
+                file_idx = ((addrs[sel][~explicit] - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
+                cached = vma.obj.find(file_idx)
+                if (cached == 0).any():
+                    raise InternalError("implicit entry for a page not in the page cache", process=name, vma=vma,
+                                        addr=hex(int(addrs[sel][~explicit][cached == 0][0])))
+            real = f[sel][f[sel] > ZERO_PFN]
+            for p in real.tolist():
+                mapcount[p] += 1
+    for addrs, entries in walk.leaves:
+        which = _vma_at(mm, addrs)
+        if (which < 0).any():
+            raise InternalError("huge leaf outside every VMA", process=name, addr=hex(int(addrs[0])))
+        vma = mm.vmas[int(which[0])]
+        if not vma.is_hugetlb:
+            raise InternalError("huge leaf in a VMA that is not hugetlb", process=name, vma=vma)
+        explicit = leaf_explicit(entries)
+        for e in entries[explicit].tolist():
+            mapcount[int(entry_value(e))] += 1
+        if explicit.any() and vma.is_shared:
+            raise InternalError("private huge page in a shared mapping", process=name, vma=vma)
+        if (~explicit).any():
+            hidx = (vma.linear_page_index(int(addrs[0])) >> 9)
+            if vma.obj.find(np.array([hidx]))[0] == 0:
+                raise InternalError("huge leaf for a page not in the page cache", process=name, vma=vma)
+
+
+def _check_counts(k: Kernel, name: str, walk: _Walk) -> None:
+    from ..mm.ptshare import vmpte_tables
+
+    mm = walk.mm
+    reachable = walk.tables[PTE] + walk.tables[PMD] + walk.tables[PUD]
+    if reachable != vmpte_tables(k, mm):
+        raise InternalError("VmPTE counters disagree with the tables reachable", process=name,
+                            reachable={"pte": walk.tables[PTE], "pmd": walk.tables[PMD], "pud": walk.tables[PUD]},
+                            counters={"pte": mm.nr_ptes, "pmd": mm.nr_pmds, "pud": mm.nr_puds,
+                                      "in shared pmds": vmpte_tables(k, mm) - mm.nr_ptes - mm.nr_pmds - mm.nr_puds})
+    attached = sum(n for (lvl, sid), n in walk.shared.items() if int(k.shared.owner[sid]) != mm.id)
+    if attached != mm.nr_shared:
+        raise InternalError("VmSHPT disagrees with the tables attached", process=name, attached=attached,
+                            nr_shared=mm.nr_shared)
+
+
+def _check_frames(k: Kernel, mapcount: Counter, cache_owner: dict[int, str]) -> None:
+    frames = k.frames
+    limit = frames._next
+    flags = frames.flags[:limit]
+    anon = np.flatnonzero((flags & PG_ANON) != 0)
+    for pfn in anon.tolist():
+        if frames.mapcount[pfn] != mapcount.get(pfn, 0):
+            raise InternalError("anonymous frame's mapcount disagrees with the page tables", pfn=pfn,
+                                mapcount=int(frames.mapcount[pfn]), mapped=mapcount.get(pfn, 0))
+        if frames.mapcount[pfn] == 0:
+            raise InternalError("anonymous frame allocated but mapped nowhere (leak)", pfn=pfn)
+    for pfn in mapcount:
+        if not flags[pfn] & PG_ANON:
+            raise InternalError("mapped explicit frame that is not an allocated anonymous page", pfn=pfn,
+                                flags=int(flags[pfn]))
+    cached = np.flatnonzero((flags & PG_CACHE) != 0)
+    for pfn in cached.tolist():
+        if pfn not in cache_owner:
+            raise InternalError("page-cache frame that no object holds (leak)", pfn=pfn)
+    units = int(((flags & (PG_ANON | PG_CACHE)) != 0).sum())
+    from ..mm.frames import HUGE_UNITS, PG_HUGE
+
+    huge = int((((flags & (PG_ANON | PG_CACHE)) != 0) & ((flags & PG_HUGE) != 0)).sum())
+    if units + huge * (HUGE_UNITS - 1) != frames.nr_units:
+        raise InternalError("frames in use disagree with the frame table", counted=units, nr_units=frames.nr_units)
+
+
+def _check_shared(k: Kernel, walks: dict[str, _Walk]) -> None:
+    users = Counter()
+    for walk in walks.values():
+        for (_lvl, sid), n in walk.shared.items():
+            if n != 1:
+                raise InternalError("an mm points at one shared table twice", process=walk.mm.id, sid=sid)
+            users[sid] += 1
+    live = [sid for sid in range(1, k.shared._next) if sid not in k.shared._free]
+    for sid in live:
+        if int(k.shared.users[sid]) != users.get(sid, 0):
+            raise InternalError("shared table's user count disagrees with the mms using it", sid=sid,
+                                users=int(k.shared.users[sid]), using=users.get(sid, 0))
+
+
+def _check_storage(k: Kernel) -> None:
+    refs = [Counter() for _ in k.stores]
+    box_refs = Counter()
+    for task in k.tasks:
+        if task.alive:
+            refs[-1][task.mm.pgd] += 1
+    live_boxes = [sid for sid in range(1, k.shared._next) if sid not in k.shared._free]
+    for sid in live_boxes:
+        if k.shared.content[sid]:
+            refs[int(k.shared.level[sid])][int(k.shared.content[sid])] += 1
+    for lvl in range(1, len(k.stores)):
+        store = k.stores[lvl]
+        free = set(store._free)
+        for cid in range(1, store._next):
+            if cid in free:
+                continue
+            entries = store.entries[cid]
+            tags = entry_tag(entries)
+            for child in entry_value(entries[tags == E_TABLE]).tolist():
+                refs[lvl - 1][child] += 1
+            for sid in entry_value(entries[tags == E_SHARED]).tolist():
+                box_refs[sid] += 1
+    for lvl, store in enumerate(k.stores):
+        free = set(store._free)
+        for cid in range(1, store._next):
+            want = refs[lvl].get(cid, 0)
+            if cid in free:
+                if want:
+                    raise InternalError("freed table contents still referenced", level=lvl, cid=cid, refs=want)
+                continue
+            if int(store.refs[cid]) != want:
+                raise InternalError("storage refs disagree with references", level=lvl, cid=cid,
+                                    refs=int(store.refs[cid]), referenced=want)
+    for sid in live_boxes:
+        if int(k.shared.refs[sid]) != box_refs.get(sid, 0):
+            raise InternalError("shared table's storage refs disagree", sid=sid, refs=int(k.shared.refs[sid]),
+                                referenced=box_refs.get(sid, 0))
+
+
+def _check_pagetables(k: Kernel, walks: dict[str, _Walk]) -> None:
+    own = 0
+    for walk in walks.values():
+        own += 1 + sum(walk.own_tables.values())  # its PGD and the tables not inside shared ones
+    live_boxes = [sid for sid in range(1, k.shared._next) if sid not in k.shared._free]
+    boxes = sum(1 + int(k.shared.children[sid]) for sid in live_boxes if k.shared.users[sid] > 0)
+    if own + boxes != k.frames.nr_pagetables:
+        raise InternalError("PageTables disagrees with the tables of all processes", counted=own + boxes,
+                            own=own, shared=boxes, nr_pagetables=k.frames.nr_pagetables)
+
+
+def check_empty(system: System) -> None:
+    """After every process exited and every object was dropped: nothing may be left."""
+    k = system.k
+    left = {
+        "data frames (4 KiB units)": k.frames.nr_units,
+        "page-table pages": k.frames.nr_pagetables,
+        "shared tables": k.shared.nr_live,
+        **{f"level {i} contents": s.nr_live for i, s in enumerate(k.stores)},
+    }
+    left = {key: v for key, v in left.items() if v}
+    if left:
+        raise InternalError("something was left after every process exited", **left)

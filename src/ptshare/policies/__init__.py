@@ -1,0 +1,21 @@
+"""Page-table designs as policies: see :mod:`ptshare.policies.base` for the hooks."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Policy
+from .classic import Eager, Lazy
+from .sharedpt import SharedPT, SharedPT2005
+
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (Eager, Lazy, Policy, SharedPT, SharedPT2005)}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy called ``name``.  Raises UsageError listing the known ones."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise UsageError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
+    return cls()
+
+
+__all__ = ["POLICIES", "Policy", "get_policy"]

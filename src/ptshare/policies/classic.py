@@ -1,0 +1,38 @@
+"""The designs Linux shipped before and after lazy page-table copy."""
+
+from __future__ import annotations
+
+from ..mm.vma import VM_HUGETLB, VM_PFNMAP, VMA
+from .base import Policy
+
+
+class Eager(Policy):
+    """Linux up to 2.6.13: ``copy_page_range`` copied the page tables of every VMA at fork."""
+
+    name = "eager"
+    kernel = "Linux <= 2.6.13"
+    summary = "copy the page tables of every VMA at fork; no fault-around; no hugetlb PMD sharing"
+    fault_around_pages = 1
+    hugetlb_pmd_share = False
+
+    def vma_needs_copy(self, vma: VMA) -> bool:
+        return True
+
+
+class Lazy(Policy):
+    """Linux 2.6.14: Nick Piggin's lazy copy.
+
+    "Don't copy ptes where a page fault will fill them correctly": fork skips a VMA unless it has
+    an ``anon_vma`` or is hugetlb, nonlinear or reserved (here: hugetlb or a PFN mapping).
+    """
+
+    name = "lazy"
+    kernel = "Linux 2.6.14"
+    summary = "skip page tables at fork unless the VMA has anon_vma or is hugetlb; no fault-around"
+    fault_around_pages = 1
+    hugetlb_pmd_share = False
+
+    def vma_needs_copy(self, vma: VMA) -> bool:
+        if vma.vm_flags & (VM_HUGETLB | VM_PFNMAP):
+            return True
+        return vma.anon_vma is not None

@@ -1,0 +1,154 @@
+"""Reading scenario files (TOML), with every error reported as ``FILE:LINE: message``."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ScenarioError
+from .model import Machine, Scenario
+
+_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels"}
+_TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
+_HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
+_TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _line_map(text: str) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], dict[str, int]], dict[str, int]]:
+    """Where each [[objects]]/[[steps]] table starts, and where its keys are.
+
+    tomllib gives no positions, so the file is scanned for table headers and ``key =`` lines; a
+    key written inline (``{ ... }``) falls back to its table's header line.
+    """
+    headers: dict[tuple[str, int], int] = {}
+    keys: dict[tuple[str, int], dict[str, int]] = {}
+    top: dict[str, int] = {}
+    counts = {"objects": 0, "steps": 0}
+    current: tuple[str, int] | None = None
+    section = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        match = _HEADER.match(raw)
+        if match:
+            kind = match.group(1)
+            current = (kind, counts[kind])
+            counts[kind] += 1
+            headers[current] = number
+            keys[current] = {}
+            section = kind
+            continue
+        match = _TABLE.match(raw)
+        if match:
+            current = None
+            section = match.group(1)
+            top.setdefault(section, number)
+            continue
+        match = _KEY.match(raw)
+        if match:
+            key = match.group(1)
+            if current is not None:
+                keys[current].setdefault(key, number)
+            else:
+                top.setdefault(f"{section}.{key}" if section else key, number)
+    return headers, keys, top
+
+
+def _toml_error_line(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and check a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError("no such scenario file", str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read the file: {exc}", str(path)) from None
+    return loads(text, str(path))
+
+
+def loads(text: str, path: str = "<scenario>") -> Scenario:
+    """Parse and check a scenario given as TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"not valid TOML: {exc}", path, _toml_error_line(str(exc))) from None
+    headers, keys, top = _line_map(text)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ScenarioError(f"unknown top-level key {key!r}; allowed: {', '.join(sorted(_TOP_KEYS))}",
+                                path, top.get(key))
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ScenarioError("the scenario needs a name = \"...\"", path, top.get("name", 1))
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError("description must be a string", path, top.get("description"))
+    scenario = Scenario(name=name, description=description, machine=_machine(data.get("machine", {}), path, top),
+                        path=path, text=text)
+    objects = data.get("objects", [])
+    if not isinstance(objects, list):
+        raise ScenarioError("objects must be written as [[objects]] tables", path, top.get("objects"))
+    for n, obj in enumerate(objects):
+        line = headers.get(("objects", n))
+        if not isinstance(obj, dict):
+            raise ScenarioError("each [[objects]] entry must be a table", path, line)
+        unknown = set(obj) - {"name", "kind", "size"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ScenarioError(f"object has no field {key!r}; its fields are name, kind, size", path,
+                                keys.get(("objects", n), {}).get(key, line))
+        for key in ("name", "kind", "size"):
+            if key not in obj:
+                raise ScenarioError(f"[[objects]] needs a {key!r}", path, line)
+        scenario.object(obj["name"], obj["kind"], obj["size"], line=line, keylines=keys.get(("objects", n), {}))
+    steps = data.get("steps", [])
+    if not isinstance(steps, list) or not steps:
+        raise ScenarioError("a scenario needs at least one [[steps]] table", path, top.get("steps", 1))
+    for n, step in enumerate(steps):
+        line = headers.get(("steps", n))
+        if not isinstance(step, dict):
+            raise ScenarioError("each [[steps]] entry must be a table", path, line)
+        fields: dict[str, Any] = dict(step)
+        op = fields.pop("op", None)
+        if op is None:
+            raise ScenarioError("this step has no op", path, line)
+        scenario.step(op, line=line, keylines=keys.get(("steps", n), {}), **fields)
+    from .check import check_names
+
+    check_names(scenario)
+    return scenario
+
+
+def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
+    line = top.get("machine")
+    if not isinstance(data, dict):
+        raise ScenarioError("[machine] must be a table", path, line)
+    for key in data:
+        if key not in _MACHINE_KEYS:
+            raise ScenarioError(f"[machine] has no key {key!r}; allowed: {', '.join(sorted(_MACHINE_KEYS))}",
+                                path, top.get(f"machine.{key}", line))
+    out: dict[str, Any] = {}
+    if "memory" in data:
+        from ..units import parse_size
+
+        try:
+            out["memory"] = parse_size(data["memory"])
+        except ValueError as exc:
+            raise ScenarioError(f"memory: {exc}", path, top.get("machine.memory", line)) from None
+        if out["memory"] < 1 << 20:
+            raise ScenarioError("memory must be at least 1 MiB", path, top.get("machine.memory", line))
+    limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5)}
+    for key, (lo, hi) in limits.items():
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ScenarioError(f"{key} = {value!r} must be a whole number from {lo} to {hi}", path,
+                                    top.get(f"machine.{key}", line))
+            out[key] = value
+    return Machine(**out)

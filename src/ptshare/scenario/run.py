@@ -1,0 +1,193 @@
+"""Running a scenario on the simulator, and the results in the JSON contract of DESIGN §6."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cost import CostModel, load_profile
+from ..errors import ScenarioError
+from ..system import Signal, SimulationError, System
+from .model import Scenario, Step
+from .patterns import accesses
+
+SCHEMA = "ptshare.run/1"
+
+
+@dataclass
+class StepResult:
+    index: int
+    op: str
+    pid: str | None
+    repeat: int
+    line: int | None
+    processes: dict[str, dict]
+    system: dict[str, Any]
+    est_ns: float
+    wall_ns: int
+    signals: list[dict] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "index": self.index,
+            "op": self.op,
+            "pid": self.pid,
+            "processes": self.processes,
+            "system": self.system,
+            "est_ns": round(self.est_ns),
+            "wall_ns": self.wall_ns,
+            "repeat": self.repeat,
+            "line": self.line,
+            "events": self.events,
+        }
+        if self.signals:
+            out["signals"] = self.signals
+        return out
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    policy: str
+    backend: str
+    steps: list[StepResult]
+    profile: str
+    wall_ns: int
+    events: dict[str, int]
+    complete: bool = True
+    error: str | None = None
+
+    @property
+    def final(self) -> StepResult | None:
+        return self.steps[-1] if self.steps else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "scenario": self.scenario,
+            "policy": self.policy,
+            "backend": self.backend,
+            "steps": [s.to_json() for s in self.steps],
+            "final": self.final.to_json() if self.final else None,
+            "cost_profile": self.profile,
+            "wall_ns": self.wall_ns,
+            "events": self.events,
+            "complete": self.complete,
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+class Runner:
+    """Executes a scenario's steps on one :class:`System`, keeping each process's mapping handles."""
+
+    def __init__(self, scenario: Scenario, system: System) -> None:
+        self.scenario = scenario
+        self.sys = system
+        self.handles: dict[str, dict[str, list[int]]] = {}
+
+    def execute(self, step: Step, fields: dict[str, Any]) -> Signal | None:
+        op = step.op
+        pid = fields.get("pid")
+        s = self.sys
+        if op == "spawn":
+            s.spawn(pid)
+            self.handles[pid] = {}
+        elif op == "fork":
+            s.fork(pid, fields["child"])
+            self.handles[fields["child"]] = {k: list(v) for k, v in self.handles[pid].items()}
+        elif op == "exec":
+            s.exec(pid)
+            self.handles[pid] = {}
+        elif op == "exit":
+            s.exit(pid)
+        elif op == "mmap":
+            obj = fields.get("object")
+            offset = fields.get("offset", 0)
+            size = fields.get("size")
+            if size is None:
+                size = s.object(obj).size - offset
+            addr = s.mmap(pid, size, object=obj, offset=offset, shared=fields.get("shared", False),
+                          prot=fields.get("prot", "rw"), addr=fields.get("addr"), fixed=fields.get("fixed", False),
+                          align=fields.get("align"))
+            self.handles[pid][fields["vma"]] = [addr, size]
+        elif op == "truncate":
+            s.truncate(fields["object"], fields["size"])
+        else:
+            base, size = self.handles[pid][fields["vma"]]
+            if op == "mremap":
+                new = s.mremap(pid, base, size, fields["size"], fields.get("addr"))
+                self.handles[pid][fields["vma"]] = [new, fields["size"]]
+                return None
+            offset = fields.get("offset", 0)
+            length = fields.get("length", size - offset)
+            if length <= 0:
+                raise SimulationError(f"offset {offset} is at or past the end of mapping {fields['vma']!r} "
+                                      f"({size} bytes); give a smaller offset or a length")
+            if op == "munmap":
+                s.munmap(pid, base + offset, length)
+            elif op == "mprotect":
+                s.mprotect(pid, base + offset, length, fields["prot"])
+            elif op == "madvise":
+                s.madvise_dontneed(pid, base + offset, length)
+            elif op == "touch":
+                acc = accesses(base + offset, length, fields.get("pattern", "sequential"),
+                               stride=fields.get("stride", 4096), count=fields.get("count"),
+                               seed=fields.get("seed", 0), zipf_s=fields.get("zipf_s", 1.0))
+                return s.access(pid, acc, write=fields.get("access", "read") == "write")
+        return None
+
+
+def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check: bool = False,
+        progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """Run ``scenario`` under ``policy`` on the simulator.
+
+    A scenario error raised while running (a process used after it was killed, a call the
+    kernel refuses) is raised as :class:`ScenarioError` with the step's file and line; what ran
+    before it is on the exception as ``partial`` (a :class:`RunResult` marked incomplete).
+    """
+    cost = cost or load_profile()
+    m = scenario.machine
+    system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
+                    check=check)
+    for obj in scenario.objects:
+        system.create_object(obj.name, obj.kind, obj.size)
+    runner = Runner(scenario, system)
+    results: list[StepResult] = []
+    total = scenario.nr_operations
+    done = 0
+    started = time.perf_counter_ns()
+    for step in scenario.steps:
+        before = system.k.events.snapshot()
+        t0 = time.perf_counter_ns()
+        signals = []
+        for fields in step.expand():
+            try:
+                sig = runner.execute(step, fields)
+            except SimulationError as exc:
+                error = ScenarioError(f"step {step.index} ({step.op}): {exc}", scenario.path, step.line)
+                error.partial = _result(scenario, system, results, cost, started, complete=False,  # type: ignore[attr-defined]
+                                        error=str(error))
+                raise error from None
+            if sig is not None:
+                signals.append({"pid": fields.get("pid"), "signal": sig.signal, "addr": hex(sig.addr),
+                                "reason": sig.reason})
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        wall = time.perf_counter_ns() - t0
+        delta = system.k.events.snapshot() - before
+        results.append(StepResult(
+            index=step.index, op=step.op, pid=step.fields.get("pid"), repeat=step.repeat, line=step.line,
+            processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta), wall_ns=wall,
+            signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v}))
+    return _result(scenario, system, results, cost, started)
+
+
+def _result(scenario: Scenario, system: System, results: list[StepResult], cost: CostModel, started: int,
+            complete: bool = True, error: str | None = None) -> RunResult:
+    return RunResult(scenario=scenario.name, policy=system.policy.name, backend="sim", steps=results,
+                     profile=cost.name, wall_ns=time.perf_counter_ns() - started,
+                     events=system.k.events.as_dict(), complete=complete, error=error)

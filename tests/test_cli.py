@@ -1,0 +1,110 @@
+"""The command line and the JSON contract other tools depend on."""
+
+import csv
+import io
+import json
+
+from ptshare.cli.main import main
+
+SCENARIO = """\
+name = "cli"
+
+[[objects]]
+name = "seg"
+kind = "shmem"
+size = "8MiB"
+
+[[steps]]
+op = "spawn"
+pid = "p"
+
+[[steps]]
+op = "mmap"
+pid = "p"
+vma = "s"
+object = "seg"
+shared = true
+align = "2MiB"
+
+[[steps]]
+op = "touch"
+pid = "p"
+vma = "s"
+access = "write"
+
+[[steps]]
+op = "fork"
+pid = "p"
+child = "c{i}"
+repeat = 2
+
+[[steps]]
+op = "touch"
+pid = "c{i}"
+vma = "s"
+repeat = 2
+
+[[steps]]
+op = "exit"
+pid = "c0"
+"""
+
+
+def _scenario(tmp_path):
+    path = tmp_path / "cli.toml"
+    path.write_text(SCENARIO)
+    return str(path)
+
+
+def test_json_contract(tmp_path, capsys):
+    assert main(["run", _scenario(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "ptshare.run/1"
+    assert (doc["scenario"], doc["policy"], doc["backend"]) == ("cli", "linux", "sim")
+    assert doc["final"] == doc["steps"][-1]
+    for n, step in enumerate(doc["steps"]):
+        assert step["index"] == n
+        assert {"index", "op", "pid", "processes", "system", "est_ns", "wall_ns"} <= set(step)
+        assert {"pagetables_kb", "frames_used", "tlb_flush_all"} <= set(step["system"])
+        for proc in step["processes"].values():
+            assert {"minflt", "vmpte_kb", "rss_kb", "alive"} <= set(proc)
+    final = doc["final"]["processes"]
+    assert final["c0"]["alive"] is False and final["c0"]["minflt"] == 128  # kept after exit
+    assert final["c1"]["alive"] is True
+
+
+def test_json_several_policies_is_an_array(tmp_path, capsys):
+    assert main(["run", _scenario(tmp_path), "--policy", "eager,linux", "--format", "json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert [d["policy"] for d in docs] == ["eager", "linux"]
+
+
+def test_csv(tmp_path, capsys):
+    assert main(["run", _scenario(tmp_path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows and {"policy", "step", "process", "minflt", "vmpte_kb"} <= set(rows[0])
+
+
+def test_table_is_readable(tmp_path, capsys):
+    assert main(["run", _scenario(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PageTables kB" in out and "VmPTE kB" in out and "c1" in out
+
+
+def test_compare(tmp_path, capsys):
+    assert main(["compare", _scenario(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["policies"]) >= {"eager", "lazy", "linux", "shared-pt"}
+    assert doc["policies"]["eager"]["ptes_copied"] > 0
+    assert main(["compare", _scenario(tmp_path)]) == 0
+    assert "PTEs copied at fork" in capsys.readouterr().out
+
+
+def test_policies(capsys):
+    assert main(["policies", "--format", "json"]) == 0
+    names = [p["name"] for p in json.loads(capsys.readouterr().out)]
+    assert names[:3] == ["eager", "lazy", "linux"]
+
+
+def test_check_flag_runs_the_invariants(tmp_path, capsys):
+    assert main(["run", _scenario(tmp_path), "--check", "--policy", "shared-pt"]) == 0

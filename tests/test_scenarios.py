@@ -1,0 +1,163 @@
+"""Scenario files: every mistake is reported as FILE:LINE: message, exit status 2, no traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptshare.cli.main import main
+from ptshare.errors import ScenarioError
+from ptshare.scenario import Scenario, load, loads, run
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = """\
+name = "t"
+
+[[objects]]
+name = "seg"
+kind = "shmem"
+size = "4MiB"
+
+[[steps]]
+op = "spawn"
+pid = "a"
+
+[[steps]]
+op = "mmap"
+pid = "a"
+vma = "m"
+object = "seg"
+shared = true
+
+[[steps]]
+op = "touch"
+pid = "a"
+vma = "m"
+access = "write"
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+BAD = [
+    # (replace this, with this, message fragment, line)
+    ('op = "touch"', 'op = "tuoch"', "unknown op 'tuoch'", 20),
+    ('pid = "a"\nvma = "m"\naccess', 'pid = "b"\nvma = "m"\naccess', "names process 'b', which does not exist", 21),
+    ('vma = "m"\naccess', 'vma = "x"\naccess', "has no mapping named 'x'", 22),
+    ('size = "4MiB"', 'size = "4 parsecs"', "unknown unit", 6),
+    ('size = "4MiB"', 'size = -4096', "negative", 6),
+    ('size = "4MiB"', 'size = "4097"', "multiple of 4 KiB", 6),
+    ('access = "write"', 'access = "poke"', "use 'read' or 'write'", 23),
+    ('access = "write"', 'access = "write"\ncount = 0', "count", 24),
+    ('access = "write"', 'access = "write"\nlength = "1GiB1"', "is not a size", 24),
+    ('kind = "shmem"', 'kind = "tmpfs"', "kind = 'tmpfs' is not one of", 5),
+    ('access = "write"', 'access = "write"\nspeed = 3', "has no field 'speed'", 24),
+    ('access = "write"', 'access = "write"\nrepeat = 0', "repeat", 24),
+    ('access = "write"', 'access = "write"\noffset = "99999999999999999999999"', "larger than any address", 24),
+    ('object = "seg"', 'object = "nope"', "not declared", 16),
+    ('name = "t"', 'name = "t"\n[machine]\nmemry = "1GiB"', "has no key 'memry'", 3),
+    ('name = "t"', 'name = "t"\n[machine]\naslr_bits = 99', "aslr_bits", 3),
+    ('shared = true', 'shared = "yes"', "true or false", 17),
+    ('op = "spawn"\npid = "a"', 'op = "spawn"', "needs a 'pid'", 8),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message", "line"), BAD)
+def test_bad_scenarios_name_file_line_and_problem(tmp_path, capsys, old, new, message, line):
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"{path}:{line}: ")
+    assert main(["run", str(path)]) == 2
+    _out, errout = capsys.readouterr()
+    assert errout.startswith("ptshare: ") and message in errout and "Traceback" not in errout
+
+
+def test_reported_line_is_the_offending_one(tmp_path):
+    path = _write(tmp_path, GOOD.replace('access = "write"', 'access = "poke"'))
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    assert err.value.line is not None
+    assert "access" in path.read_text().splitlines()[err.value.line - 1]
+
+
+def test_invalid_toml(tmp_path):
+    path = _write(tmp_path, GOOD + "\n[[steps]\n")
+    with pytest.raises(ScenarioError, match=r"not valid TOML"):
+        load(path)
+
+
+def test_missing_file(capsys):
+    assert main(["run", "/nonexistent/x.toml"]) == 2
+    assert "no such scenario file" in capsys.readouterr().err
+
+
+def test_unknown_policy(tmp_path, capsys):
+    path = _write(tmp_path, GOOD)
+    assert main(["run", str(path), "--policy", "linux,nope"]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_touch_outside_every_mapping_is_a_modelled_sigsegv(tmp_path):
+    text = GOOD.replace('access = "write"', 'access = "write"\nlength = "8MiB"')
+    result = run(loads(text), "linux")
+    final = result.final
+    assert final.signals and final.signals[0]["signal"] == "SIGSEGV"
+    assert final.processes["a"]["alive"] is False
+
+
+def test_write_to_a_read_only_mapping_is_a_sigsegv():
+    sc = Scenario("ro")
+    sc.step("spawn", pid="a")
+    sc.step("mmap", pid="a", vma="m", size="1MiB", prot="r")
+    sc.step("touch", pid="a", vma="m", access="write")
+    final = run(sc, "linux").final
+    assert final.signals[0]["signal"] == "SIGSEGV"
+    assert "does not allow writes" in final.signals[0]["reason"]
+
+
+def test_using_a_killed_process_is_an_error_with_its_line(tmp_path, capsys):
+    text = GOOD.replace('access = "write"', 'access = "write"\nlength = "8MiB"') + \
+        '\n[[steps]]\nop = "fork"\npid = "a"\nchild = "b"\n'
+    path = _write(tmp_path, text)
+    assert main(["run", str(path), "--format", "json"]) == 2
+    out, err = capsys.readouterr()
+    assert f"{path}:26:" in err and "killed by SIGSEGV" in err
+    partial = json.loads(out)
+    assert partial["complete"] is False and len(partial["steps"]) == 3  # what ran is kept
+
+
+def test_out_of_memory_is_reported(tmp_path, capsys):
+    text = GOOD.replace('name = "t"', 'name = "t"\n[machine]\nmemory = "2MiB"')
+    path = _write(tmp_path, text)
+    assert main(["run", str(path)]) == 2
+    assert "out of memory" in capsys.readouterr().err
+
+
+def test_repeat_substitutes_i_everywhere():
+    sc = Scenario("r")
+    sc.step("spawn", pid="p{i}", repeat=3)
+    sc.step("mmap", pid="p{i}", vma="m", size="1MiB", repeat=3)
+    sc.step("touch", pid="p{i}", vma="m", pattern="random", count=10, seed="{i}", repeat=3)
+    result = run(sc, "linux")
+    assert sorted(result.final.processes) == ["p0", "p1", "p2"]
+
+
+def test_every_shipped_scenario_loads():
+    for path in sorted((ROOT / "scenarios").glob("*.toml")):
+        assert load(path).steps
+
+
+def test_cli_runs_as_a_module_without_traceback(tmp_path):
+    path = _write(tmp_path, GOOD.replace('op = "touch"', 'op = "tuoch"'))
+    proc = subprocess.run([sys.executable, "-m", "ptshare", "run", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unknown op" in proc.stderr
