@@ -71,12 +71,14 @@ class System:
     """A machine running one policy.  See the module docstring for an example."""
 
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
-                 aslr_bits: int = 28, seed: int = 1, levels: int = 4, check: bool = False) -> None:
+                 aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
+                 check: bool = False) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
             raise SimulationError(f"aslr_bits must be between 0 and 32, not {aslr_bits}")
         self.k = Kernel(geometry(levels), self.policy, mem, cpus, aslr_bits, seed)
+        self.fixed_mmap_base = None if mmap_base is None else _size(mmap_base, "mmap_base")
         self.check = check
         if check:
             self.k.read_log = []
@@ -139,7 +141,7 @@ class System:
     def spawn(self, name: str) -> None:
         """A new process from exec: an empty address space with its own randomised mmap_base."""
         self._new_name(name)
-        mm = self.k.new_mm(_mmap.mmap_base(self.k, self.k.geom.task_size))
+        mm = self.k.new_mm(self._mmap_base())
         task = Task(pid=self.k.new_pid(), name=name, mm=mm)
         self.k.tasks.append(task)
         self._tasks[name] = task
@@ -153,7 +155,7 @@ class System:
 
     def exec(self, name: str) -> None:
         task = self.task(name)
-        self._run(task, lambda: _fork.do_exec(self.k, task, _mmap.mmap_base(self.k, self.k.geom.task_size)))
+        self._run(task, lambda: _fork.do_exec(self.k, task, self._mmap_base()))
         self._after()
 
     def exit(self, name: str) -> None:
@@ -161,6 +163,11 @@ class System:
         self._metrics(task)
         _fork.do_exit(self.k, task)
         self._after()
+
+    def _mmap_base(self) -> int:
+        if self.fixed_mmap_base is not None:
+            return self.fixed_mmap_base
+        return _mmap.mmap_base(self.k, self.k.geom.task_size)
 
     def _run(self, task: Task, op):
         try:

@@ -7,6 +7,7 @@ before the error is still printed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -68,7 +69,7 @@ def cmd_run(args) -> int:
     if args.backend == "host":
         from ..host.backend import run_host
 
-        results, error = run_host(scenario, args)
+        results, error = run_host(scenario, policies, args)
     else:
         results, error = _run_all(scenario, policies, args)
     _emit_runs(results, args.format, args.output)
@@ -138,6 +139,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# Modules that add their own subcommands: each has register(subparsers) -> None.
+COMMAND_MODULES = ("ptshare.host.cli", "ptshare.snapshot.cli", "ptshare.calibrate.cli", "ptshare.bench.cli",
+                   "ptshare.experiments.cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptshare", description="What do page tables cost a system of many "
                                      "processes, and what does sharing them save?")
@@ -173,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=",".join(POLICIES))
     p.add_argument("--profile")
     p.set_defaults(func=cmd_demo)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that part of ptshare is not installed
+            raise
+        module.register(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ScenarioError
 from .model import Machine, Scenario
 
-_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels"}
+_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 _HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
 _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
@@ -134,9 +134,17 @@ def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
             raise ScenarioError(f"[machine] has no key {key!r}; allowed: {', '.join(sorted(_MACHINE_KEYS))}",
                                 path, top.get(f"machine.{key}", line))
     out: dict[str, Any] = {}
-    if "memory" in data:
-        from ..units import parse_size
+    from ..units import parse_size
 
+    if "mmap_base" in data:
+        try:
+            out["mmap_base"] = parse_size(data["mmap_base"])
+        except ValueError as exc:
+            raise ScenarioError(f"mmap_base: {exc}", path, top.get("machine.mmap_base", line)) from None
+        if out["mmap_base"] % 4096 or not 1 << 30 <= out["mmap_base"] <= (1 << 47) - 4096:
+            raise ScenarioError("mmap_base must be a page-aligned address from 1 GiB to 0x7ffffffff000", path,
+                                top.get("machine.mmap_base", line))
+    if "memory" in data:
         try:
             out["memory"] = parse_size(data["memory"])
         except ValueError as exc:

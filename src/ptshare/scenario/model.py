@@ -59,6 +59,7 @@ class Machine:
     aslr_bits: int = 28
     seed: int = 1
     levels: int = 4
+    mmap_base: int | None = None  # fixes every spawned process's mmap_base (then aslr_bits does not apply)
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     cost = cost or load_profile()
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
-                    check=check)
+                    mmap_base=m.mmap_base, check=check)
     for obj in scenario.objects:
         system.create_object(obj.name, obj.kind, obj.size)
     runner = Runner(scenario, system)
