@@ -37,6 +37,7 @@ class Oracle(RuleBasedStateMachine):
         self.ref = Reference()
         self.procs: list[str] = []
         self.maps: dict[str, dict[str, tuple[int, int, bool]]] = {}  # proc -> handle -> (addr, size, hugetlb)
+        self.objmaps: dict[str, dict[str, tuple]] = {}  # proc -> handle -> how an object was mapped
         self.n = 0
 
     def each(self, method, *args, **kwargs):
@@ -117,6 +118,26 @@ class Oracle(RuleBasedStateMachine):
             return
         self.ref.mmap(name, addr, size, obj=obj, offset=offset, shared=shared, prot=prot)
         self.maps[name][f"m{self.n}"] = (addr, size, obj == "huge")
+        if obj is not None:
+            self.objmaps.setdefault(name, {})[f"m{self.n}"] = (obj, offset, shared, prot, addr, size)
+        self.n += 1
+
+    @precondition(lambda self: len(self.alive()) > 1 and any(
+        isinstance(h, tuple) for p in self.alive() for h in self.objmaps.get(p, {}).values()))
+    @rule(data=st.data())
+    def attach_same_address(self, data):
+        """Map an object where another process maps it: unrelated processes may then share tables."""
+        owner = data.draw(st.sampled_from([p for p in self.alive() if self.objmaps.get(p)]))
+        handle = data.draw(st.sampled_from(sorted(self.objmaps[owner])))
+        obj, offset, shared, prot, addr, size = self.objmaps[owner][handle]
+        name = data.draw(st.sampled_from([p for p in self.alive() if p != owner]))
+        got = self.each("mmap", name, size, object=obj, offset=offset, shared=shared, prot=prot, addr=addr,
+                        fixed=True)
+        if isinstance(got, Refused):
+            return
+        self.ref.mmap(name, addr, size, obj=obj, offset=offset, shared=shared, prot=prot)
+        self.maps[name][f"m{self.n}"] = (addr, size, obj == "huge")
+        self.objmaps.setdefault(name, {})[f"m{self.n}"] = (obj, offset, shared, prot, addr, size)
         self.n += 1
 
     def pick(self, data, whole_pages=False):

@@ -358,7 +358,7 @@ class System:
             "rss_anon_kb": anon * PAGE_SIZE // 1024,
             "rss_file_kb": file * PAGE_SIZE // 1024,
             "rss_shmem_kb": shmem * PAGE_SIZE // 1024,
-            "pt_shared_kb": task.mm.nr_shared * TABLE_BYTES // 1024,
+            "pt_shared_kb": _ptshare.attached_tables(k, task.mm) * TABLE_BYTES // 1024,
             "vmas": len(task.mm.vmas),
         }
         self._final[task.name] = out

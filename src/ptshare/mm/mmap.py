@@ -143,10 +143,15 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
 
 def unshare_around(k: Kernel, mm: MM, vma: VMA, addr: int) -> None:
     """Let go of shared tables whose span contains ``addr`` (a VMA boundary is about to be there)."""
-    for size in (k.geom.pte.span, k.geom.pmd.span):
-        base = addr & ~(size - 1)
-        if base != addr:
-            unshare_range(k, mm, base, base + size)
+    from .unshare import unshare_tables
+
+    pte_span, pmd_span = k.geom.pte.span, k.geom.pmd.span
+    if addr % pte_span:
+        base = addr & ~(pte_span - 1)
+        unshare_tables(k, mm, base, base + pte_span, pmd=False)
+    if addr % pmd_span:
+        base = addr & ~(pmd_span - 1)
+        unshare_tables(k, mm, base, base + pmd_span, pte=False)
 
 
 def unshare_range(k: Kernel, mm: MM, start: int, end: int) -> None:

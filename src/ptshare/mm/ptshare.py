@@ -239,6 +239,13 @@ def privatize(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     return cid
 
 
+def attached_tables(k: Kernel, mm: MM) -> int:
+    """Tables ``mm`` uses but did not allocate (VmSHPT): those it attached, and the PTE tables inside
+    shared PMD tables it attached."""
+    inside = sum(int(k.shared.children[sid]) for sid in mm.pmd_boxes if int(k.shared.owner[sid]) != mm.id)
+    return mm.nr_shared + inside
+
+
 def vmpte_tables(k: Kernel, mm: MM) -> int:
     """Tables counted in ``mm``'s VmPTE, the PTE tables inside shared PMD tables included."""
     inside = int(k.shared.children[list(mm.pmd_boxes)].sum()) if mm.pmd_boxes else 0

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from .mm_struct import MM
 
 
-def unshare_tables(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """Returns the number of tables dropped."""
+def unshare_tables(k: Kernel, mm: MM, start: int, end: int, *, pmd: bool = True, pte: bool = True) -> int:
+    """Let go of shared PMD tables (``pmd``) and shared PTE tables (``pte``) mapping any of [start, end).
+
+    Returns the number of tables dropped."""
     if not k.shared.nr_live:
         return 0
     dropped = 0
@@ -32,7 +34,7 @@ def unshare_tables(k: Kernel, mm: MM, start: int, end: int) -> int:
         for i in range(i0, i1):
             entry = int(pud.entries[pud_cid, i])
             tag = entry_tag(entry)
-            if tag == E_SHARED:
+            if tag == E_SHARED and pmd:
                 sid = int(entry_value(entry))
                 if ptshare.release(k, mm, PMD, sid):
                     pud.entries[pud_cid, i] = 0
@@ -42,7 +44,7 @@ def unshare_tables(k: Kernel, mm: MM, start: int, end: int) -> int:
                 k.shared.put(sid)
                 entry = int(pud.entries[pud_cid, i])
                 tag = entry_tag(entry)
-            if tag == E_TABLE:
+            if tag == E_TABLE and pte:
                 base = (a & ~(k.geom.pud.span - 1)) + i * k.geom.pud.entry_size
                 lo, hi = max(a, base), min(b, base + k.geom.pud.entry_size)
                 dropped += _unshare_ptes(k, mm, pud_cid, i, int(entry_value(entry)), lo, hi)
