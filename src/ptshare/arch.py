@@ -152,7 +152,9 @@ def mk_table(content_id: int | np.ndarray) -> np.ndarray:
     return (np.asarray(content_id, dtype=np.int64) << _VALUE_SHIFT) | E_TABLE
 
 
-def mk_shared(table_id: int) -> int:
+def mk_shared(table_id: int | np.ndarray) -> int | np.ndarray:
+    if isinstance(table_id, np.ndarray):
+        return (table_id.astype(np.int64) << _VALUE_SHIFT) | E_SHARED
     return (int(table_id) << _VALUE_SHIFT) | E_SHARED
 
 

@@ -342,13 +342,13 @@ class System:
             raise SimulationError(f"no process named {name!r}")
         return self._metrics(task)
 
-    def _metrics(self, task: Task) -> dict:
+    def _metrics(self, task: Task, memo: dict | None = None) -> dict:
         from .mm.rss import rss_pages
 
         if not task.alive:
             return dict(self._final.get(task.name, {}), alive=False, killed_by=task.killed_by)
         k = self.k
-        anon, file, shmem = rss_pages(k, task.mm)
+        anon, file, shmem = rss_pages(k, task.mm, memo)
         out = {
             "minflt": task.minflt,
             "vmpte_kb": _ptshare.vmpte_tables(k, task.mm) * TABLE_BYTES // 1024,
@@ -365,7 +365,8 @@ class System:
         return out
 
     def processes(self) -> dict[str, dict]:
-        return {name: self._metrics(task) for name, task in self._tasks.items()}
+        memo: dict = {}
+        return {name: self._metrics(task, memo) for name, task in self._tasks.items()}
 
     def system(self) -> dict:
         k = self.k

@@ -119,7 +119,9 @@ def spans_touched(acc: Accesses, shift: int) -> list[tuple[int, int]]:
     if acc.addrs is None and acc.stride <= size:
         lo, hi = acc.bounds()
         return [(lo, hi)]
-    keys = np.unique(acc.materialize() >> shift)
+    keys = acc.materialize() >> shift
+    low, high = int(keys.min()), int(keys.max())
+    keys = np.flatnonzero(np.bincount(keys - low)) + low if high - low < 1 << 20 else np.unique(keys)
     breaks = np.flatnonzero(np.diff(keys) != 1) + 1
     runs = []
     for run in np.split(keys, breaks):

@@ -39,6 +39,7 @@ PG_EXCLUSIVE = 16  # PageAnonExclusive: this mapping is known to be the page's o
 ZERO_PFN = 1
 _FIRST_PFN = 2
 HUGE_UNITS = 512  # 4 KiB units in one 2 MiB folio
+RESERVE = 1 << 30  # frames reserved (not touched) at start: 4 TiB of 4 KiB frames
 
 
 class OutOfMemory(PtshareError):
@@ -59,7 +60,9 @@ class FrameTable:
 
     def __init__(self, memory_bytes: int | None):
         self.limit_units = None if memory_bytes is None else memory_bytes // 4096
-        capacity = 1024
+        # Reserve the arrays for the whole machine up front: numpy's zeroed allocations are lazy
+        # (calloc), so untouched frames cost no memory and the table never has to be copied to grow.
+        capacity = min(self.limit_units or RESERVE, RESERVE) + 2
         self.flags = np.zeros(capacity, dtype=np.uint8)
         self.mapcount = np.zeros(capacity, dtype=np.int32)
         self.stamp = np.zeros(capacity, dtype=np.int64)

@@ -1,57 +1,55 @@
-"""The fault path: models ``handle_mm_fault()`` (mm/memory.c) and ``hugetlb_fault()`` (mm/hugetlb.c).
+"""The fault path: models ``handle_mm_fault()`` (mm/memory.c) for a whole run of accesses.
 
-A ``touch`` hands a whole run of accesses in one VMA to :func:`handle_mm_fault_range`, which walks
-the page tables once and resolves the faults of every PTE table under one PMD table in a single
-vectorised step (:class:`_PteBatch`).  The outcome is the one Linux reaches taking the faults one
-at a time, in order:
+A ``touch`` hands every access it makes in one VMA to :func:`handle_mm_fault_range`, which walks
+the page tables once and reaches the outcome Linux reaches taking the faults one at a time, in
+order.  The page-level rules are in :mod:`ptshare.mm.pte_fault` (PTE tables) and
+:mod:`ptshare.mm.hugetlb` (2 MiB leaves); this module finds and allocates the tables:
 
-* anonymous read of an empty PTE: the zero page, read-only (``do_anonymous_page``);
-* anonymous write: a new zeroed page; on a write-protected page, reuse it when this is its only
-  mapping, copy it otherwise (``do_wp_page``);
-* read of a file or shmem page: ``do_read_fault`` maps the faulting page and, with fault-around,
-  every page already in the page cache in the same ``fault_around_bytes`` window (16 pages,
-  aligned, clamped to the VMA and the PTE table, the window shifted at the VMA's start exactly as
-  ``do_fault_around`` shifts it);
-* write to a shared file mapping: ``do_shared_fault`` (one page, no fault-around), or
-  ``page_mkwrite`` on a write-protected one;
-* write to a private file mapping: ``do_cow_fault`` / ``wp_page_copy``;
-* hugetlb: one 2 MiB page per fault, and PMD-table sharing (``huge_pmd_share``) where the policy
-  allows it.
+* the PMD table of each 1 GiB window (``pmd_alloc``, or ``huge_pmd_share``/McCracken's sharing);
+* the PTE table of each 2 MiB span (``pte_alloc``, or McCracken's ``pt_share_pte``), in one
+  vectorised step over every span the touch reaches;
+* only the spans where some access misses go through the page-level rules.
 
-Deliberate shortcut for speed: when a run of whole PMD tables would see the same transition
-(a read of pages all already in the page cache, or of anonymous memory), the transition is
-computed once and the resulting table contents shared; counters are scaled by the number of
-tables.  This is exact: no frame is allocated and every entry maps its page implicitly.
+Deliberate shortcuts for speed, both exact:
+
+* a run of whole tables (PMD tables, or PTE tables) that would see the same transition -- a read
+  of anonymous memory, or of file pages all already in the page cache, starting from the same
+  contents -- is computed once and the resulting contents shared, with the counters scaled;
+* a table whose entries all already allow the access is skipped without looking at its pages.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..arch import (
-    E_LEAF,
     E_NONE,
     E_SHARED,
     E_TABLE,
     PAGE_SHIFT,
+    PAGE_SIZE,
     PTRS_PER_TABLE,
+    bitmap_pack,
     entry_tag,
     entry_value,
-    leaf_explicit,
-    leaf_write,
-    mk_leaf,
     mk_table,
+    range_bits,
 )
-from .access import Accesses, spans_touched, write_stamp
-from .frames import PG_ANON, PG_EXCLUSIVE, PG_HUGE, ZERO_PFN
+from . import ptshare
+from .access import Accesses, spans_touched
+from .hugetlb import hugetlb_fault_regions
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
-from .vma import VM_WRITE, VMA, AnonVma
+from .pte_fault import PteFaults
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .mm_struct import Task
+    from .vma import VMA
+
+CHUNK = 512  # PTE tables resolved in one page-level step
 
 
 def handle_mm_fault_range(k: Kernel, task: Task, vma: VMA, acc: Accesses, write: bool) -> None:
@@ -66,10 +64,15 @@ def handle_mm_fault_range(k: Kernel, task: Task, vma: VMA, acc: Accesses, write:
                 _fault_pud_table(k, task, vma, pud_cid, sub, write)
 
 
-# --- the PUD level: one entry per PMD table (1 GiB) ---------------------------------------------
+def _count_faults(k: Kernel, task: Task, n: int) -> None:
+    task.minflt += n
+    k.events.add("fault", n)
+
+
+# --- the PUD level: one entry per 1 GiB window ----------------------------------------------------
 
 def _regions(acc: Accesses, shift: int) -> list[tuple[int, Accesses]]:
-    """Split accesses by 2**shift-aligned region, in address order; order kept within a region."""
+    """Split accesses by 2**shift-aligned window, in address order; order kept within a window."""
     size = 1 << shift
     if acc.addrs is None:
         out = []
@@ -82,57 +85,71 @@ def _regions(acc: Accesses, shift: int) -> list[tuple[int, Accesses]]:
             base += size
         return out
     keys = acc.addrs >> shift
+    low = int(keys.min())
+    if int(keys.max()) - low < 1 << 15:
+        keys = (keys - low).astype(np.int16)  # a stable sort of small integers is a radix sort
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
-    return [(int(sorted_keys[g[0]]) << shift, Accesses.explicit(acc.addrs[order[g]]))
+    base = low if keys.dtype == np.int16 else 0
+    return [((int(sorted_keys[g[0]]) + base) << shift, Accesses.explicit(acc.addrs[order[g]]))
             for g in np.split(np.arange(len(order)), cuts)]
 
 
 def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
-    pmd_shift = k.geom.pmd.span.bit_length() - 1
-    regions = _regions(acc, pmd_shift)
-    done: set[int] = set()
-    for members in _uniform_groups(k, vma, pud_cid, regions, write):
+    if not acc.is_progression and not vma.is_hugetlb:
+        _fault_pte_explicit(k, task, vma, pud_cid, acc, write)
+        return
+    regions = _regions(acc, k.geom.pmd.span.bit_length() - 1)
+    grouped: set[int] = set()
+    for members in _uniform_regions(k, vma, pud_cid, regions, write):
         _fault_group(k, task, vma, pud_cid, [regions[m] for m in members], write)
-        done.update(members)
-    for n, (base, sub) in enumerate(regions):
-        if n not in done:
-            _fault_pmd_table(k, task, vma, pud_cid, base, sub, write)
+        grouped.update(members)
+    rest = [r for n, r in enumerate(regions) if n not in grouped]
+    if not rest:
+        return
+    if vma.is_hugetlb:
+        _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_cid, rest, write))
+    else:
+        _fault_pte_regions(k, task, vma, pud_cid, rest, write)
 
 
-def _uniform_groups(k: Kernel, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
-                    write: bool) -> list[list[int]]:
-    """Runs of whole PMD tables whose transition is the same; see the module docstring."""
-    if write or len(regions) < 2 or not regions[0][1].is_progression:
+def _full(acc: Accesses, lo: int, hi: int) -> bool:
+    """Whether ``acc`` touches every page of [lo, hi) in order."""
+    return acc.is_progression and acc.stride == PAGE_SIZE and acc.start <= lo and acc.end >= hi
+
+
+def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
+    """Anonymous memory, or file pages [lo, hi) of ``vma`` all in the page cache: nothing to allocate."""
+    if vma.obj is None:
+        return True
+    per = vma.obj.page_size >> PAGE_SHIFT
+    return vma.obj.fully_cached(vma.linear_page_index(lo) // per, -(-vma.linear_page_index(hi) // per))
+
+
+def _uniform_regions(k: Kernel, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
+                     write: bool) -> list[list[int]]:
+    """Runs of whole 1 GiB windows whose transition is the same (see the module docstring)."""
+    if write or len(regions) < 2 or k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma):
         return []
-    if vma.obj is not None and vma.is_hugetlb and k.policy.hugetlb_pmd_share:
-        return []
-    if k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma):
+    if vma.is_hugetlb and k.policy.hugetlb_pmd_share:
         return []
     span = k.geom.pmd.span
-    stride = regions[0][1].stride
-    if span % stride:
-        return []
     pud = k.stores[PUD]
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for n, (base, sub) in enumerate(regions):
-        if sub.start != base or sub.end != base + span or base < vma.vm_start or base + span > vma.vm_end:
+        if not _full(sub, base, base + span) or base < vma.vm_start or base + span > vma.vm_end:
             continue
-        if vma.obj is not None:
-            lo = vma.linear_page_index(base) // (vma.obj.page_size >> PAGE_SHIFT)
-            hi = lo + span // vma.obj.page_size
-            if not vma.obj.fully_cached(lo, hi):
-                continue
+        if not _cached_whole(vma, base, base + span):
+            continue
         entry = int(pud.entries[pud_cid, k.geom.index(k.geom.pud, base)])
-        if entry_tag(entry) == E_SHARED:
-            continue
-        groups.setdefault((entry, stride), []).append(n)
+        if entry_tag(entry) != E_SHARED:
+            groups.setdefault(entry, []).append(n)
     return [members for members in groups.values() if len(members) > 1]
 
 
 class _Tally:
-    """Counters a fault run changes, so that a transition computed once can be charged n times."""
+    """The counters a transition changes, so that one computed once can be charged n times."""
 
     def __init__(self, k: Kernel, task: Task) -> None:
         self.k, self.task = k, task
@@ -140,31 +157,28 @@ class _Tally:
 
     def _read(self) -> tuple:
         mm = self.task.mm
-        return (self.task.minflt, mm.nr_ptes, mm.nr_pmds, self.k.frames.nr_pagetables,
-                self.k.events.snapshot())
+        return (self.task.minflt, mm.nr_ptes, mm.nr_pmds, self.k.frames.nr_pagetables, self.k.events.snapshot())
 
     def charge_again(self, times: int) -> None:
-        now = self._read()
+        d = [b - a for a, b in zip(self.start, self._read(), strict=True)]
         mm = self.task.mm
-        d = [b - a for a, b in zip(self.start, now, strict=True)]
         self.task.minflt += d[0] * times
         mm.nr_ptes += d[1] * times
         mm.nr_pmds += d[2] * times
-        if d[3]:
-            self.k.frames.alloc_pgtables(d[3] * times)
+        self.k.frames.alloc_pgtables(d[3] * times)
         self.k.events.values += d[4] * times
 
 
 def _fault_group(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
                  write: bool) -> None:
+    """Fault the first window; give every other window of the group the same PMD table contents."""
     pud = k.stores[PUD]
     pmd = k.stores[PMD]
-    rep_base, rep_acc = regions[0]
     tally = _Tally(k, task)
-    _fault_pmd_table(k, task, vma, pud_cid, rep_base, rep_acc, write)
+    _fault_pud_table(k, task, vma, pud_cid, regions[0][1], write)
     others = regions[1:]
     tally.charge_again(len(others))
-    result = int(pud.entries[pud_cid, k.geom.index(k.geom.pud, rep_base)])
+    result = int(pud.entries[pud_cid, k.geom.index(k.geom.pud, regions[0][0])])
     for base, _sub in others:
         i = k.geom.index(k.geom.pud, base)
         old = int(pud.entries[pud_cid, i])
@@ -174,443 +188,457 @@ def _fault_group(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tu
     pmd.get(int(entry_value(result)), len(others))
 
 
-def _fault_pmd_table(k: Kernel, task: Task, vma: VMA, pud_cid: int, base: int, acc: Accesses,
-                     write: bool) -> None:
-    """Resolve the PMD table of one 1 GiB region (allocating or attaching it), then its faults."""
-    from . import ptshare
+# --- the PMD level: every PTE table the touch reaches ---------------------------------------------
 
-    pud = k.stores[PUD]
-    pmd = k.stores[PMD]
-    i = k.geom.index(k.geom.pud, base)
-    entry = int(pud.entries[pud_cid, i])
-    tag = entry_tag(entry)
-    attached = False
-    sid = 0
-    if tag == E_NONE:
-        sid, attached = ptshare.pmd_alloc(k, task.mm, vma, base)
-        if sid:
-            pud.entries[pud_cid, i] = ptshare.mk_shared_entry(k, sid)
-        else:
-            cid = pmd.new()
-            pud.entries[pud_cid, i] = mk_table(cid)
-            account_alloc(k, task.mm, PMD, 1)
-    elif tag == E_SHARED:
-        sid = int(entry_value(entry))
-    if sid:
-        cid = k.shared.cow_content(sid)
-    elif tag != E_NONE:
-        cid = pmd.cow(int(entry_value(entry)))
-        pud.entries[pud_cid, i] = mk_table(cid)
-    else:
-        cid = int(entry_value(pud.entries[pud_cid, i]))
-    if vma.is_hugetlb:
-        _fault_huge_leaves(k, task, vma, cid, base, acc, write, attached)
-    else:
-        _PteBatch(k, task, vma, cid, sid, base, acc, write, attached).run()
+@dataclass
+class _Spans:
+    """The PTE tables (2 MiB spans) a touch reaches, one row each."""
+
+    region: np.ndarray  # which window (index into the window list)
+    slot: np.ndarray  # entry index in the window's PMD table
+    addr: np.ndarray  # the span's first address
+    lo: np.ndarray  # entries [lo, hi) accessed (a sequential touch; [0, 0) for explicit accesses)
+    hi: np.ndarray
 
 
-# --- hugetlb: 2 MiB leaves in the PMD table ----------------------------------------------------
-
-def _fault_huge_leaves(k: Kernel, task: Task, vma: VMA, pmd_cid: int, base: int, acc: Accesses,
-                       write: bool, attached: bool) -> None:
-    """Models hugetlb_fault() -> hugetlb_no_page() / hugetlb_wp() for each 2 MiB page, in order."""
-    obj = vma.obj
-    entries = k.stores[PMD].entries[pmd_cid]
-    slots_all = (acc.materialize() - base) >> k.geom.pmd.shift
-    slots, first = np.unique(slots_all, return_index=True)
-    slots = slots[np.argsort(first)]
-    e = entries[slots]
-    present = entry_tag(e) == E_LEAF
-    spurious = 1 if attached and present[0] else 0
-    hidx = (vma.linear_page_index(base) >> 9) + slots
-    faults = spurious
-    frames = k.frames
-    new_e = e.copy()
-    if vma.is_shared:
-        absent = ~present
-        if absent.any():
-            cached = obj.find(hidx[absent])
-            need = cached == 0
-            if need.any():
-                pfns = frames.alloc(int(need.sum()), obj.page_flags, obj.initial_stamps(hidx[absent][need]))
-                obj.add(hidx[absent][need], pfns)
-                k.events.add("hpage_alloc", int(need.sum()))
-                k.events.add("page_zeroed", 512 * int(need.sum()))
-            writable = np.full(int(absent.sum()), bool(vma.vm_flags & VM_WRITE))
-            new_e[absent] = mk_leaf(writable, None)
-            faults += int(absent.sum())
-        if write:
-            upgrade = present & ~leaf_write(e)
-            new_e[upgrade] = mk_leaf(np.ones(int(upgrade.sum()), bool), None)
-            faults += int(upgrade.sum())
-    else:
-        faults += _huge_private(k, vma, hidx, e, present, new_e, write)
-    k.events.add("fault_hugetlb", faults - spurious)
-    k.events.add("fault_spurious", spurious)
-    _count_faults(k, task, faults)
-    entries[slots] = new_e
-    if write:
-        pfns = np.where(leaf_explicit(new_e), entry_value(new_e), obj.find(hidx))
-        frames.stamp[pfns] = write_stamp(k.write_seq, base + (slots << k.geom.pmd.shift))
+def _fault_pte_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
+                       write: bool) -> None:
+    """The faults of a touch in the windows ``regions`` of one PUD table."""
+    windows = _Windows(k, task, vma, pud_cid, [b for b, _ in regions])
+    spans, accs = _spans(k, regions)
+    _fault_ptes(k, task, vma, windows, spans, _Sequential(accs, spans), write, regions)
 
 
-def _huge_private(k: Kernel, vma: VMA, hidx: np.ndarray, e: np.ndarray, present: np.ndarray,
-                  new_e: np.ndarray, write: bool) -> int:
-    """Private hugetlb mapping: page-cache pages read-only, anonymous huge pages otherwise."""
-    frames = k.frames
-    obj = vma.obj
-    explicit = present & leaf_explicit(e)
-    pfn = np.where(explicit, entry_value(e), 0)
-    faults = 0
-    absent = ~present
-    cached = np.zeros(len(e), dtype=np.int64)
-    cached[absent] = obj.find(hidx[absent])
-    if write:
-        reuse = explicit & ~leaf_write(e)
-        reuse &= frames.mapcount[pfn] == 1
-        copy_anon = explicit & ~leaf_write(e) & ~reuse
-        copy_file = present & ~explicit & ~leaf_write(e)
-        fresh = absent
-        new_pages = copy_anon | copy_file | fresh
-        faults = int((new_pages | reuse).sum())
-        if new_pages.any():
-            _anon_vma_prepare(vma)
-            src = np.where(copy_anon, pfn, cached)
-            if copy_file.any():
-                src[copy_file] = obj.find(hidx[copy_file])
-            stamps = np.where(src[new_pages] > 0, frames.stamp[src[new_pages]], 0)
-            got = frames.alloc(int(new_pages.sum()), PG_ANON | PG_HUGE | PG_EXCLUSIVE, stamps)
-            frames.mapcount[got] = 1
-            old = pfn[copy_anon]
-            frames.mapcount[old] -= 1
-            pfn[new_pages] = got
-            k.events.add("hpage_alloc", len(got))
-        frames.flags[pfn[reuse]] |= PG_EXCLUSIVE
-        wr = reuse | new_pages
-        new_e[wr] = mk_leaf(np.ones(int(wr.sum()), bool), pfn[wr])
-    elif absent.any():
-        faults = int(absent.sum())
-        from_cache = absent & (cached != 0)
-        new_e[from_cache] = mk_leaf(np.zeros(int(from_cache.sum()), bool), None)
-        fresh = absent & (cached == 0)
-        if fresh.any():
-            _anon_vma_prepare(vma)
-            got = frames.alloc(int(fresh.sum()), PG_ANON | PG_HUGE | PG_EXCLUSIVE, 0)
-            frames.mapcount[got] = 1
-            new_e[fresh] = mk_leaf(np.zeros(len(got), bool), got)
-            k.events.add("hpage_alloc", len(got))
-    return faults
+def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
+    """Random and zipf touches: index the accesses once, by the PTE table they fall in."""
+    addrs = acc.addrs
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    span_shift = k.geom.pte.span.bit_length() - 1
+    keys = addrs >> span_shift
+    low = int(keys.min())
+    counts = np.bincount(keys - low)
+    present = np.flatnonzero(counts)
+    span_addr = (present + low) << span_shift
+    window_keys = span_addr >> pmd_shift
+    bases, region = np.unique(window_keys, return_inverse=True)
+    windows = _Windows(k, task, vma, pud_cid, (bases << pmd_shift).tolist())
+    spans = _Spans(region=region, slot=(span_addr >> span_shift) & (PTRS_PER_TABLE - 1), addr=span_addr,
+                   lo=np.zeros(len(span_addr), dtype=np.int64), hi=np.zeros(len(span_addr), dtype=np.int64))
+    row_of_key = np.zeros(len(counts), dtype=np.int64)
+    row_of_key[present] = np.arange(len(present))
+    _fault_ptes(k, task, vma, windows, spans, _Explicit(addrs, row_of_key[keys - low], len(present)), write, None)
 
 
-# --- the PMD level: PTE tables, one vectorised batch per PMD table -------------------------------
+def _fault_ptes(k: Kernel, task: Task, vma: VMA, windows: _Windows, spans: _Spans, accs: _Touches, write: bool,
+                regions: list[tuple[int, Accesses]] | None) -> None:
+    old = windows.entries(spans)
+    _count_faults(k, task, windows.spurious(spans, accs))
+    groups = [] if write or regions is None else _uniform_spans(k, vma, spans, old, regions)
+    grouped = np.zeros(len(old), dtype=bool)
+    for members in groups:
+        grouped[members] = True
+    _count_faults(k, task, _fault_spans(k, task, vma, windows, spans, accs, old, np.flatnonzero(~grouped), write))
+    for members in groups:
+        tally = _Tally(k, task)
+        _count_faults(k, task, _fault_spans(k, task, vma, windows, spans, accs, old, members[:1], write))
+        tally.charge_again(len(members) - 1)
+        windows.replicate(spans, members, old)
+    windows.intern()
 
-class _PteBatch:
-    """The faults of one touch inside one PMD table: every PTE table it hits, at once."""
 
-    def __init__(self, k: Kernel, task: Task, vma: VMA, pmd_cid: int, pmd_sid: int, base: int,
-                 acc: Accesses, write: bool, pmd_attached: bool) -> None:
-        self.k, self.task, self.vma = k, task, vma
-        self.pmd_cid, self.pmd_sid = pmd_cid, pmd_sid
-        self.write = write
-        addrs = acc.materialize()
-        self.addrs = addrs
-        self.progression = acc.is_progression
-        span_shift = k.geom.pte.span.bit_length() - 1
-        span = (addrs - base) >> span_shift
-        self.js, self.inv = np.unique(span, return_inverse=True)
-        self.ent = (addrs >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
-        self.span_addr = base + (self.js << span_shift)
-        self.vs = np.clip((vma.vm_start - self.span_addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
-        self.ve = np.clip((vma.vm_end - self.span_addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
-        self.pmd_attached = pmd_attached
+class _Windows:
+    """The PMD tables of the windows a touch reaches: allocated (or attached) on the way in, and
+    made private to the mm only when one of their entries changes."""
 
-    def run(self) -> None:
-        k = self.k
-        self._resolve_tables()
-        self.P, self.W, self.PFN = k.stores[PTE].load(self.cids)
-        P0, W0, PFN0 = self.P.copy(), self.W.copy(), self.PFN.copy()
-        faults = self._spurious()
-        if self.vma.is_anonymous:
-            faults += self._anon_write() if self.write else self._anon_read()
-        elif self.write:
-            faults += self._file_write_shared() if self.vma.is_shared else self._file_write_private()
-        else:
-            faults += self._file_read()
-        _count_faults(k, self.task, faults)
-        changed = (self.P != P0).any(axis=1) | (self.W != W0).any(axis=1) | (self.PFN != PFN0).any(axis=1)
-        self._store(changed)
-
-    # tables ---------------------------------------------------------------------------------
-
-    def _resolve_tables(self) -> None:
-        from . import ptshare
-
-        k = self.k
-        entries = k.stores[PMD].entries[self.pmd_cid]
-        e = entries[self.js]
-        tag = entry_tag(e)
-        self.attached = np.zeros(len(self.js), dtype=bool)
-        none = tag == E_NONE
+    def __init__(self, k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: list[int]) -> None:
+        self.k, self.task, self.vma, self.pud_cid = k, task, vma, pud_cid
+        pud = k.stores[PUD]
+        self.bases = np.array(bases, dtype=np.int64)
+        self.idx = (self.bases >> k.geom.pud.shift) & (PTRS_PER_TABLE - 1)
+        entries = pud.entries[pud_cid, self.idx]
+        none = entry_tag(entries) == E_NONE
+        self.attached = np.zeros(len(bases), dtype=bool)
         if none.any():
-            sids, attached = ptshare.pte_alloc(k, self.task.mm, self.vma, self.pmd_sid, self.span_addr[none])
-            boxed = sids != 0
-            if boxed.any():
-                entries[self.js[none][boxed]] = [ptshare.mk_shared_entry(k, s) for s in sids[boxed]]
-                self.attached[np.flatnonzero(none)[boxed]] = attached[boxed]
-            plain = np.flatnonzero(none)[~boxed]
-            if len(plain):
-                ids = k.stores[PTE].new(np.zeros((len(plain), PTRS_PER_TABLE), bool),
-                                        np.zeros((len(plain), PTRS_PER_TABLE), bool), None)
-                entries[self.js[plain]] = mk_table(ids)
-                ptshare.account_pte_tables(k, self.task.mm, self.pmd_sid, len(plain))
-            e = entries[self.js]
-            tag = entry_tag(e)
-        self.entry_tag = tag
-        self.sids = np.where(tag == E_SHARED, entry_value(e), 0)
-        self.cids = np.where(tag == E_SHARED, k.shared.content[self.sids], entry_value(e))
+            rows = np.flatnonzero(none)
+            sids, attached = ptshare.pmd_alloc(k, task.mm, vma, self.bases[rows])
+            self.attached[rows] = attached
+            shared = sids != 0
+            if shared.any():
+                pud.entries[pud_cid, self.idx[rows[shared]]] = ptshare.mk_shared_entry(k, sids[shared])
+            plain = rows[~shared]
+            for r in plain.tolist():
+                pud.entries[pud_cid, self.idx[r]] = mk_table(k.stores[PMD].new())
+            account_alloc(k, task.mm, PMD, len(plain))
+            entries = pud.entries[pud_cid, self.idx]
+        tags = entry_tag(entries)
+        self.sid = np.where(tags == E_SHARED, entry_value(entries), 0)
+        self.cid = np.where(self.sid != 0, k.shared.content[self.sid], entry_value(entries))
+        self.private = np.zeros(len(bases), dtype=bool)
 
-    def _spurious(self) -> int:
-        """A fault on a span whose table was just attached and already maps the first page accessed."""
-        if not self.attached.any():
-            return 0
-        first = np.unique(self.inv, return_index=True)[1]
-        hit = self.attached & self.P[np.arange(len(self.js)), self.ent[first]]
-        n = int(hit.sum())
+    def entries(self, spans: _Spans) -> np.ndarray:
+        return self.k.stores[PMD].entries[self.cid[spans.region], spans.slot]
+
+    def spurious(self, spans: _Spans, accs: _Touches) -> int:
+        """A window whose PMD table was just attached: its first access faulted (the table was
+        missing) and, if the partners had mapped that page, found it there."""
+        n = 0
+        for r in np.flatnonzero(self.attached).tolist():
+            first = accs.first_in_window(spans, r)
+            row = np.flatnonzero((spans.region == r) & (spans.addr == first & ~(self.k.geom.pte.span - 1)))[0]
+            entry = int(self.k.stores[PMD].entries[self.cid[r], spans.slot[row]])
+            if entry_tag(entry) == E_TABLE:
+                ent = (first >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+                n += int((self.k.stores[PTE].present[int(entry_value(entry)), ent // 8] >> (ent % 8)) & 1)
         self.k.events.add("fault_spurious", n)
         return n
 
-    def _store(self, changed: np.ndarray) -> None:
+    def own(self, regions: np.ndarray) -> None:
+        """Make the PMD tables of ``regions`` private to the mm before their entries change."""
         k = self.k
-        pte = k.stores[PTE]
-        entries = k.stores[PMD].entries[self.pmd_cid]
-        own = changed & (self.sids == 0)
-        if own.any():
-            old = self.cids[own]
-            new = pte.cow(old)
-            pte.store(new, self.P[own], self.W[own], self.PFN[own])
-            moved = new != old
-            if moved.any():
-                entries[self.js[own][moved]] = mk_table(new[moved])
-        for n in np.flatnonzero(changed & (self.sids != 0)).tolist():
-            cid = k.shared.cow_content(int(self.sids[n]))
-            pte.store(np.array([cid]), self.P[n:n + 1], self.W[n:n + 1], self.PFN[n:n + 1])
-
-    # helpers --------------------------------------------------------------------------------
-
-    def _distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Distinct (span, entry) pairs accessed, in order of first access, and their addresses."""
-        if self.progression:
-            return self.inv, self.ent, self.addrs
-        key = self.inv * PTRS_PER_TABLE + self.ent
-        _, first = np.unique(key, return_index=True)
-        first.sort()
-        return self.inv[first], self.ent[first], self.addrs[first]
-
-    def _file_index(self, sp: np.ndarray, ent: np.ndarray) -> np.ndarray:
-        vma = self.vma
-        return ((self.span_addr[sp] - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff + ent
-
-    def _cache_fill(self, sp: np.ndarray, ent: np.ndarray) -> np.ndarray:
-        """Bring the file pages at (sp, ent) into the page cache; returns their frames."""
-        obj = self.vma.obj
-        idx = self._file_index(sp, ent)
-        pfns = obj.find(idx)
-        missing = pfns == 0
-        if missing.any():
-            got = self.k.frames.alloc(int(missing.sum()), obj.page_flags, obj.initial_stamps(idx[missing]))
-            obj.add(idx[missing], got)
-            pfns[missing] = got
-            self.k.events.add("page_alloc", len(got))
-            if obj.is_shmem:
-                self.k.events.add("page_zeroed", len(got))
-        return pfns
-
-    def _alloc_anon(self, n: int, stamps: np.ndarray | int = 0) -> np.ndarray:
-        _anon_vma_prepare(self.vma)
-        pfns = self.k.frames.alloc(n, PG_ANON | PG_EXCLUSIVE, stamps)
-        self.k.frames.mapcount[pfns] = 1
-        self.k.events.add("page_alloc", n)
-        self.k.events.add("page_zeroed", n)
-        return pfns
-
-    # anonymous memory -----------------------------------------------------------------------
-
-    def _anon_read(self) -> int:
-        miss = ~self.P[self.inv, self.ent]
-        if not miss.any():
-            return 0
-        key = np.unique(self.inv[miss] * PTRS_PER_TABLE + self.ent[miss])
-        sp, ent = key // PTRS_PER_TABLE, key % PTRS_PER_TABLE
-        self.P[sp, ent] = True
-        self.W[sp, ent] = False
-        self.PFN[sp, ent] = ZERO_PFN
-        self.k.events.add("fault_zero", len(key))
-        return len(key)
-
-    def _stamp(self, pfns: np.ndarray, addrs: np.ndarray) -> None:
-        """What the write leaves in the pages it reached."""
-        self.k.frames.stamp[pfns] = write_stamp(self.k.write_seq, addrs)
-
-    def _anon_write(self) -> int:
-        k = self.k
-        sp, ent, addrs = self._distinct()
-        present, writable, pfn = self.P[sp, ent], self.W[sp, ent], self.PFN[sp, ent]
-        absent = ~present
-        ro = present & ~writable
-        zero = ro & (pfn == ZERO_PFN)
-        anon = ro & (pfn > ZERO_PFN)
-        reuse = anon & (k.frames.mapcount[np.where(anon, pfn, 0)] == 1)
-        copy = anon & ~reuse
-        fresh = absent | zero | copy
-        if fresh.any():
-            stamps = np.where(copy[fresh], k.frames.stamp[pfn[fresh]], 0)
-            got = self._alloc_anon(int(fresh.sum()), stamps)
-            k.frames.mapcount[pfn[copy]] -= 1
-            pfn = pfn.copy()
-            pfn[fresh] = got
-        k.frames.flags[pfn[reuse]] |= PG_EXCLUSIVE
-        self.P[sp, ent] = True
-        self.W[sp, ent] = True
-        self.PFN[sp, ent] = pfn
-        self._stamp(pfn, addrs)
-        k.events.add("fault_anon", int(absent.sum()))
-        k.events.add("fault_wp_copy", int((zero | copy).sum()))
-        k.events.add("fault_wp_reuse", int(reuse.sum()))
-        return int((absent | ro).sum())
-
-    # file and shmem mappings ----------------------------------------------------------------
-
-    def _file_read(self) -> int:
-        """do_read_fault() with do_fault_around(), in access order."""
-        k, vma = self.k, self.vma
-        nr = k.policy.fault_around_pages
-        miss = ~self.P[self.inv, self.ent]
-        if not miss.any():
-            return 0
-        key = self.inv[miss] * PTRS_PER_TABLE + self.ent[miss]
-        _, first = np.unique(key, return_index=True)
-        first.sort()
-        fsp, fent = self.inv[miss][first], self.ent[miss][first]
-        n = len(self.js)
-        col = np.arange(PTRS_PER_TABLE)
-        in_vma = (col >= self.vs[:, None]) & (col < self.ve[:, None])
-        idx = ((self.span_addr - vma.vm_start) >> PAGE_SHIFT)[:, None] + vma.vm_pgoff + col
-        valid = in_vma & (idx >= 0) & (idx < vma.obj.nr_pages)
-        cached = np.zeros((n, PTRS_PER_TABLE), dtype=bool)
-        cached[valid] = vma.obj.pages[idx[valid]] != 0
-        before = self.P.copy()
-        mapped_pte = vma.pte_writable()
-        if nr <= 1:
-            faults = len(fsp)
-            self._map_file(fsp, fent, cached)
-        else:
-            align_up = -(-self.vs // nr) * nr
-            head = (self.vs[fsp] % nr != 0) & (fent < (align_up + nr)[fsp])
-            faults = self._fault_around_blocks(fsp[~head], fent[~head], cached, in_vma, nr)
-            faults += self._fault_around_exact(fsp[head], fent[head], cached, nr)
-        newly = self.P & ~before
-        self.W[newly] = mapped_pte
-        self.PFN[newly] = 0
-        k.events.add("fault_file", faults)
-        k.events.add("fault_around_ptes", int(newly.sum()) - faults)
-        return faults
-
-    def _map_file(self, sp: np.ndarray, ent: np.ndarray, cached: np.ndarray) -> None:
-        """Map the faulting pages themselves, reading uncached ones into the page cache."""
-        if len(sp) == 0:
-            return
-        uncached = ~cached[sp, ent]
-        if uncached.any():
-            self._cache_fill(sp[uncached], ent[uncached])
-            cached[sp[uncached], ent[uncached]] = True
-        self.P[sp, ent] = True
-
-    def _fault_around_blocks(self, sp: np.ndarray, ent: np.ndarray, cached: np.ndarray,
-                             in_vma: np.ndarray, nr: int) -> int:
-        """Faults on aligned fault-around windows: the first miss in a window maps every cached
-        page of it; later misses in the window fault only on pages that were not cached."""
-        if len(sp) == 0:
-            return 0
-        blocks = PTRS_PER_TABLE // nr
-        bkey = sp * blocks + ent // nr
-        ukeys, first = np.unique(bkey, return_index=True)
-        first_uncached = ~cached[sp[first], ent[first]]
-        uncached = ~cached[sp, ent]
-        faults = len(ukeys) + int(uncached.sum()) - int(first_uncached.sum())
-        hit = np.zeros((len(self.js), blocks), dtype=bool)
-        hit[ukeys // blocks, ukeys % blocks] = True
-        window = np.repeat(hit, nr, axis=1) & cached & in_vma
-        self.P |= window
-        self._map_file(sp, ent, cached)
-        return faults
-
-    def _fault_around_exact(self, sp: np.ndarray, ent: np.ndarray, cached: np.ndarray, nr: int) -> int:
-        """The windows at the VMA's start, which do_fault_around shifts to begin at vm_start."""
-        faults = 0
-        for j, e in zip(sp.tolist(), ent.tolist(), strict=True):
-            if self.P[j, e]:
+        for r in np.unique(regions).tolist():
+            if self.private[r]:
                 continue
-            faults += 1
-            lo = max(e - e % nr, int(self.vs[j]))
-            hi = min(lo + nr, PTRS_PER_TABLE, int(self.ve[j]))
-            self.P[j, lo:hi] |= cached[j, lo:hi]
-            if not self.P[j, e]:
-                self._map_file(np.array([j]), np.array([e]), cached)
-        return faults
+            if self.sid[r]:
+                self.cid[r] = k.shared.cow_content(int(self.sid[r]))
+            else:
+                self.cid[r] = k.stores[PMD].cow(int(self.cid[r]))
+                k.stores[PUD].entries[self.pud_cid, self.idx[r]] = mk_table(self.cid[r])
+            self.private[r] = True
 
-    def _file_write_shared(self) -> int:
-        """do_shared_fault() for absent pages, page_mkwrite for write-protected ones."""
-        sp, ent, addrs = self._distinct()
-        present, writable = self.P[sp, ent], self.W[sp, ent]
-        absent = ~present
-        self._stamp(self._cache_fill(sp, ent), addrs)
-        self.P[sp, ent] = True
-        self.W[sp, ent] = True
-        self.PFN[sp, ent] = 0
-        self.k.events.add("fault_shared_write", int(absent.sum()))
-        self.k.events.add("fault_wp_shared", int((present & ~writable).sum()))
-        return int((~(present & writable)).sum())
+    def set(self, spans: _Spans, rows: np.ndarray, values: np.ndarray) -> None:
+        self.own(spans.region[rows])
+        self.k.stores[PMD].entries[self.cid[spans.region[rows]], spans.slot[rows]] = values
 
-    def _file_write_private(self) -> int:
-        """do_cow_fault() for absent pages, do_wp_page() for write-protected ones."""
+    def replicate(self, spans: _Spans, members: np.ndarray, old: np.ndarray) -> None:
+        """Give the other members of a group the contents the first one ended with."""
         k = self.k
-        sp, ent, addrs = self._distinct()
-        present, writable, pfn = self.P[sp, ent], self.W[sp, ent], self.PFN[sp, ent]
-        explicit = pfn > ZERO_PFN
-        ro = present & ~writable
-        reuse = ro & explicit & (k.frames.mapcount[np.where(explicit, pfn, 0)] == 1)
-        copy_anon = ro & explicit & ~reuse
-        copy_file = ro & ~explicit
-        absent = ~present
-        fresh = copy_anon | copy_file | absent
-        if fresh.any():
-            src = pfn.copy()
-            from_file = copy_file | absent
-            if from_file.any():
-                src[from_file] = self._cache_fill(sp[from_file], ent[from_file])
-            got = self._alloc_anon(int(fresh.sum()), k.frames.stamp[src[fresh]])
-            k.frames.mapcount[pfn[copy_anon]] -= 1
-            pfn = pfn.copy()
-            pfn[fresh] = got
-        k.frames.flags[pfn[reuse]] |= PG_EXCLUSIVE
-        self.P[sp, ent] = True
-        self.W[sp, ent] = True
-        self.PFN[sp, ent] = pfn
-        self._stamp(pfn, addrs)
-        k.events.add("fault_cow", int(absent.sum()))
-        k.events.add("fault_wp_copy", int((copy_anon | copy_file).sum()))
-        k.events.add("fault_wp_reuse", int(reuse.sum()))
-        return int((absent | ro).sum())
+        rep = members[0]
+        result = int(k.stores[PMD].entries[self.cid[spans.region[rep]], spans.slot[rep]])
+        others = members[1:]
+        gone = old[others]
+        gone = gone[entry_tag(gone) == E_TABLE]
+        if len(gone):
+            k.stores[PTE].put(entry_value(gone))
+        k.stores[PTE].get(int(entry_value(result)), len(others))
+        self.set(spans, others, np.full(len(others), result, dtype=np.int64))
+
+    def intern(self) -> None:
+        """Windows whose PMD table changed share storage with an equal table if there is one."""
+        pud = self.k.stores[PUD]
+        for r in np.flatnonzero(self.private & (self.sid == 0)).tolist():
+            cid = self.k.stores[PMD].intern(int(self.cid[r]))
+            if cid != self.cid[r]:
+                self.cid[r] = cid
+                pud.entries[self.pud_cid, self.idx[r]] = mk_table(cid)
 
 
-# --- shared helpers ----------------------------------------------------------------------------
+def _spans(k: Kernel, regions: list[tuple[int, Accesses]]) -> tuple[_Spans, list[Accesses]]:
+    span = k.geom.pte.span
+    shift = span.bit_length() - 1
+    parts = []
+    for r, (base, acc) in enumerate(regions):
+        if acc.is_progression:
+            lo, hi = acc.bounds()
+            slots = np.arange((lo - base) >> shift, ((hi - 1 - base) >> shift) + 1, dtype=np.int64)
+        else:
+            slots = np.flatnonzero(np.bincount((acc.addrs - base) >> shift, minlength=PTRS_PER_TABLE))
+        addr = base + (slots << shift)
+        if acc.is_progression:
+            first = np.clip((acc.start - addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+            last = np.clip(-(-(acc.end - addr) >> PAGE_SHIFT), 0, PTRS_PER_TABLE)
+            if acc.stride != PAGE_SIZE:
+                _inv, counts = _strided(acc, addr, first, last)
+                keep = counts > 0
+                slots, addr, first, last = slots[keep], addr[keep], first[keep], last[keep]
+        else:
+            first = last = np.zeros(len(slots), dtype=np.int64)
+        parts.append((np.full(len(slots), r), slots, addr, first, last))
+    cat = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+    return _Spans(*cat), [acc for _b, acc in regions]
 
-def _anon_vma_prepare(vma: VMA) -> None:
-    """Models anon_vma_prepare(): the first anonymous page of a VMA gives it an anon_vma."""
-    if vma.anon_vma is None:
-        vma.anon_vma = AnonVma()
+
+def _uniform_spans(k: Kernel, vma: VMA, spans: _Spans, old: np.ndarray, regions: list[tuple[int, Accesses]]
+                   ) -> list[np.ndarray]:
+    """Runs of whole PTE tables whose transition is the same (see the module docstring)."""
+    if len(old) < 2 or k.policy.pte_shareable(vma) or not regions[0][1].is_progression:
+        return []
+    if regions[0][1].stride != PAGE_SIZE:
+        return []
+    whole = (spans.lo == 0) & (spans.hi == PTRS_PER_TABLE)
+    whole &= (spans.addr >= vma.vm_start) & (spans.addr + k.geom.pte.span <= vma.vm_end)
+    whole &= entry_tag(old) != E_SHARED
+    if not whole.any():
+        return []
+    lo, hi = int(spans.addr[whole].min()), int(spans.addr[whole].max()) + k.geom.pte.span
+    if not _cached_whole(vma, lo, hi):
+        return []
+    rows = np.flatnonzero(whole)
+    keys, inverse = np.unique(old[rows], return_inverse=True)
+    out = []
+    for g in range(len(keys)):
+        members = rows[inverse == g]
+        if len(members) > 1:
+            out.append(members)
+    return out
 
 
-def _count_faults(k: Kernel, task: Task, n: int) -> None:
-    task.minflt += n
-    k.events.add("fault", n)
+def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, accs: _Touches,
+                 old: np.ndarray, rows: np.ndarray, write: bool) -> int:
+    """Resolve the PTE tables of ``rows`` (allocate or attach), then the faults in those that miss."""
+    if len(rows) == 0:
+        return 0
+    k.stores[PTE]
+    tag = entry_tag(old[rows])
+    faults = 0
+    # Tables to allocate or attach (pte_alloc / pt_share_pte).
+    none = rows[tag == E_NONE]
+    attached = np.zeros(0, dtype=np.int64)
+    if len(none):
+        in_box = win.sid[spans.region[none]] != 0
+        sids = np.zeros(len(none), dtype=np.int64)
+        got = np.zeros(len(none), dtype=bool)
+        if (~in_box).any():
+            sids[~in_box], got[~in_box] = ptshare.pte_alloc(k, task.mm, vma, 0, spans.addr[none[~in_box]])
+        boxed = sids != 0
+        if boxed.any():
+            win.set(spans, none[boxed], ptshare.mk_shared_entry(k, sids[boxed]))
+            old[none[boxed]] = k.stores[PMD].entries[win.cid[spans.region[none[boxed]]], spans.slot[none[boxed]]]
+            attached = none[boxed & got]
+    tag = entry_tag(old[rows])
+    sid = np.where(tag == E_SHARED, entry_value(old[rows]), 0)
+    cid = np.where(sid != 0, k.shared.content[sid], np.where(tag == E_TABLE, entry_value(old[rows]), 0))
+    # Which tables need their pages looked at: some access finds an entry that does not allow it.
+    work = _misses(k, spans, rows, cid, write)
+    if len(attached):
+        faults += _spurious(k, win, spans, accs, attached, cid[np.searchsorted(rows, attached)])
+    work_rows = rows[work]
+    for start in range(0, len(work_rows), CHUNK):
+        chunk = work_rows[start:start + CHUNK]
+        pos = np.searchsorted(rows, chunk)
+        faults += _fault_chunk(k, task, vma, win, spans, accs, old, chunk, cid[pos], sid[pos], write)
+    return faults
+
+
+def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: bool) -> np.ndarray:
+    """Per table: whether some access finds an entry that is absent.  A write always needs the
+    page-level step, which stores what it writes."""
+    if write:
+        return np.ones(len(rows), dtype=bool)
+    pte = k.stores[PTE]
+    lo, hi = spans.lo[rows], spans.hi[rows]
+    known = hi > lo  # sequential touches: the entries accessed are [lo, hi)
+    work = np.ones(len(rows), dtype=bool)
+    has = cid != 0
+    sel = known & has
+    if sel.any():
+        ok = pte.present[cid[sel]]
+        whole = (lo[sel] == 0) & (hi[sel] == PTRS_PER_TABLE)
+        full = np.zeros(int(sel.sum()), dtype=bool)
+        full[whole] = (ok[whole] == 0xFF).all(axis=1)
+        part = np.flatnonzero(~whole)
+        if len(part):
+            need = bitmap_pack(range_bits(lo[sel][part], hi[sel][part]))
+            full[part] = ((ok[part] & need) == need).all(axis=1)
+        work[np.flatnonzero(sel)] = ~full
+    return work
+
+
+def _spurious(k: Kernel, win: _Windows, spans: _Spans, accs: _Touches, rows: np.ndarray,
+              cid: np.ndarray) -> int:
+    """A table just attached that already maps the first page accessed: that access faulted (the
+    table was missing) and found the page there."""
+    first = accs.first_entry(spans, rows)
+    present = k.stores[PTE].present
+    n = int((((present[cid, first // 8] >> (first % 8)) & 1) == 1).sum())
+    k.events.add("fault_spurious", n)
+    return n
+
+
+def _fault_chunk(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, accs: _Touches,
+                 old: np.ndarray, rows: np.ndarray, cid: np.ndarray, sid: np.ndarray, write: bool) -> int:
+    """Page-level faults in the PTE tables ``rows``, then their new contents stored."""
+    pte = k.stores[PTE]
+    if not write:
+        packed = _packed_read_ok(k, vma, spans, rows)
+        if packed.any():
+            faults = _fault_chunk_packed(k, task, vma, win, spans, accs, rows[packed], cid[packed], sid[packed])
+            if packed.all():
+                return faults
+            rest = ~packed
+            return faults + _fault_chunk(k, task, vma, win, spans, accs, old, rows[rest], cid[rest], sid[rest],
+                                         write)
+    n = len(rows)
+    P = np.zeros((n, PTRS_PER_TABLE), dtype=bool)
+    W = np.zeros_like(P)
+    PFN = np.zeros((n, PTRS_PER_TABLE), dtype=np.int64)
+    has = cid != 0
+    if has.any():
+        P[has], W[has], PFN[has] = pte.load(cid[has])
+    inv, ent, addrs = accs.of(spans, rows)
+    progression = accs.progression
+    addr = spans.addr[rows]
+    vs = np.clip((vma.vm_start - addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    ve = np.clip((vma.vm_end - addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
+    P0, W0, F0 = P.copy(), W.copy(), PFN.copy()
+    faults = PteFaults(k, vma, addr, vs, ve, P, W, PFN, inv, ent, addrs, progression, write).run()
+    changed = (P != P0).any(axis=1) | (W != W0).any(axis=1) | (PFN != F0).any(axis=1)
+    # New tables: allocated now that their contents are known (pte_alloc + set_pte).
+    fresh = ~has
+    if fresh.any():
+        ids = pte.new(P[fresh], W[fresh], PFN[fresh])
+        win.set(spans, rows[fresh], mk_table(ids))
+        boxes = win.sid[spans.region[rows[fresh]]]
+        for box in np.unique(boxes).tolist():
+            ptshare.account_pte_tables(k, task.mm, int(box), int((boxes == box).sum()))
+    own = has & (sid == 0) & changed
+    if own.any():
+        new = pte.cow(cid[own])
+        pte.store(new, P[own], W[own], PFN[own])
+        win.set(spans, rows[own], mk_table(new))
+    boxed = has & (sid != 0) & changed
+    if boxed.any():
+        pte.store(k.shared.cow_contents(sid[boxed]), P[boxed], W[boxed], PFN[boxed])
+    return faults
+
+
+def _packed_read_ok(k: Kernel, vma: VMA, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+    """Per table: a read of a shared file mapping whose pages are all cached, in a table the VMA
+    covers whole -- every entry maps its file page implicitly and fault-around never reads from
+    disk, so the faults can be taken on the packed masks alone."""
+    no = np.zeros(len(rows), dtype=bool)
+    if vma.obj is None or not vma.is_shared or vma.obj.nr_cached != vma.obj.nr_pages:
+        return no
+    addr = spans.addr[rows]
+    span = k.geom.pte.span
+    inside = (addr >= vma.vm_start) & (addr + span <= vma.vm_end)
+    last = ((addr + span - PAGE_SIZE - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
+    return inside & (last < vma.obj.nr_pages)
+
+
+def _fault_chunk_packed(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, accs: _Touches,
+                        rows: np.ndarray, cid: np.ndarray, sid: np.ndarray) -> int:
+    """do_read_fault() with fault-around on packed masks: each fault-around window with a missed
+    page faults once and maps all of it (no page of it needs reading from disk)."""
+    pte = k.stores[PTE]
+    n = len(rows)
+    has = cid != 0
+    present = np.zeros((n, PTRS_PER_TABLE // 8), dtype=np.uint8)
+    write = np.zeros_like(present)
+    present[has] = pte.present[cid[has]]
+    write[has] = pte.write[cid[has]]
+    inv, ent, _addrs = accs.of(spans, rows)
+    miss = ((present[inv, ent >> 3] >> (ent & 7)) & 1) == 0
+    nr = k.policy.fault_around_pages
+    hit = np.zeros((n, PTRS_PER_TABLE // nr), dtype=bool)
+    hit[inv[miss], ent[miss] // nr] = True
+    faults = int(hit.sum())
+    if faults == 0:
+        return 0
+    if nr == 16:
+        add = np.where(hit, np.uint16(0xFFFF), np.uint16(0)).view(np.uint8)
+    else:
+        add = bitmap_pack(np.repeat(hit, nr, axis=1))
+    newly = add & ~present
+    present |= add
+    if vma.pte_writable():
+        write |= newly
+    k.events.add("fault_file", faults)
+    k.events.add("fault_around_ptes", int(np.bitwise_count(newly).sum()) - faults)
+    changed = newly.any(axis=1)
+    fresh = ~has
+    if fresh.any():
+        ids = pte.new_packed(present[fresh], write[fresh])
+        win.set(spans, rows[fresh], mk_table(ids))
+        boxes = win.sid[spans.region[rows[fresh]]]
+        for box in np.unique(boxes).tolist():
+            ptshare.account_pte_tables(k, task.mm, int(box), int((boxes == box).sum()))
+    own = has & (sid == 0) & changed
+    if own.any():
+        new = pte.cow(cid[own])
+        pte.store_packed(new, present[own], write[own])
+        win.set(spans, rows[own], mk_table(new))
+    boxed = has & (sid != 0) & changed
+    if boxed.any():
+        pte.store_packed(k.shared.cow_contents(sid[boxed]), present[boxed], write[boxed])
+    return faults
+
+
+def _strided(acc: Accesses, addr: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First entry accessed and number of accesses in each span of a sequential touch."""
+    step = acc.stride >> PAGE_SHIFT
+    phase = ((acc.start >> PAGE_SHIFT) - (addr >> PAGE_SHIFT) - lo) % step
+    first = lo + phase
+    return first, np.maximum(0, (hi - first + step - 1) // step)
+
+
+class _Touches:
+    """The accesses of a touch, by PTE table: what the page-level step of any set of tables gets."""
+
+    progression: bool
+
+    def of(self, spans: _Spans, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The accesses into the tables ``rows``, in order: (row in ``rows``, entry, address)."""
+        raise NotImplementedError
+
+    def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+        """The entry each table ``rows`` is first accessed at."""
+        raise NotImplementedError
+
+    def first_in_window(self, spans: _Spans, region: int) -> int:
+        """The first address accessed in 1 GiB window ``region``."""
+        raise NotImplementedError
+
+
+class _Sequential(_Touches):
+    """A sequential touch: the accesses of each table are a progression, computed, never stored."""
+
+    progression = True
+
+    def __init__(self, accs: list[Accesses], spans: _Spans) -> None:
+        self.acc = accs[0]
+        self.accs = accs
+
+    def of(self, spans: _Spans, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        step = self.acc.stride >> PAGE_SHIFT
+        addr = spans.addr[rows]
+        first, counts = _strided(self.acc, addr, spans.lo[rows], spans.hi[rows])
+        inv = np.repeat(np.arange(len(rows)), counts)
+        offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        ent = np.repeat(first, counts) + offset * step
+        return inv, ent, addr[inv] + (ent << PAGE_SHIFT)
+
+    def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+        return _strided(self.acc, spans.addr[rows], spans.lo[rows], spans.hi[rows])[0]
+
+    def first_in_window(self, spans: _Spans, region: int) -> int:
+        return self.accs[region].start
+
+
+class _Explicit(_Touches):
+    """Random or zipf accesses, sorted once (stably) by the table they fall in."""
+
+    progression = False
+
+    def __init__(self, addrs: np.ndarray, row: np.ndarray, nrows: int) -> None:
+        self.addrs = addrs
+        key = row.astype(np.int16) if nrows < 1 << 15 else row  # a stable sort of small ints is a radix sort
+        self.order = np.argsort(key, kind="stable")
+        self.starts = np.zeros(nrows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=nrows), out=self.starts[1:])
+
+    def of(self, spans: _Spans, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        begin, counts = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
+        inv = np.repeat(np.arange(len(rows)), counts)
+        pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(begin, counts)
+        addrs = self.addrs[self.order[pos]]
+        return inv, (addrs >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1), addrs
+
+    def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+        return (self.addrs[self.order[self.starts[rows]]] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+
+    def first_in_window(self, spans: _Spans, region: int) -> int:
+        rows = np.flatnonzero(spans.region == region)
+        return int(self.addrs[self.order[self.starts[rows]].min()])
+
+
+__all__ = ["handle_mm_fault_range"]

@@ -31,6 +31,16 @@ from ..arch import (
 )
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype: type, fallback: tuple[int, ...]) -> np.ndarray:
+    """A zeroed array reserved large: numpy's zeroed allocations are lazy (calloc), so untouched
+    rows cost no memory and the array never has to be copied to grow.  Where the system refuses
+    the reservation, start at ``fallback`` and grow by copying."""
+    try:
+        return np.zeros(shape, dtype=dtype)
+    except MemoryError:
+        return np.zeros(fallback, dtype=dtype)
+
+
 def _grown(array: np.ndarray, capacity: int, fill: int = 0) -> np.ndarray:
     new = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
     new[: len(array)] = array
@@ -88,18 +98,21 @@ class PteStore(_Store):
     """Contents of PTE tables: present and writable masks, and explicit frames where any.
 
     ``row[id]`` indexes ``pfn`` (a 512-entry row of explicit frame numbers: anonymous, zero or
-    private-copy pages) or is -1 when every present entry maps its file page implicitly.
+    private-copy pages) or is 0 when every present entry maps its file page implicitly (row 0 of
+    ``pfn`` is never used).
     """
 
-    _columns = (("present", 0), ("write", 0), ("row", -1))
+    _columns = (("present", 0), ("write", 0), ("row", 0))
+    RESERVE = 1 << 24  # contents reserved lazily: 16 million PTE tables
 
     def __init__(self) -> None:
         super().__init__()
-        self.present = np.zeros((64, MASK_BYTES), dtype=np.uint8)
-        self.write = np.zeros((64, MASK_BYTES), dtype=np.uint8)
-        self.row = np.full(64, -1, dtype=np.int64)
+        self.present = lazy_zeros((self.RESERVE, MASK_BYTES), np.uint8, (64, MASK_BYTES))
+        self.write = lazy_zeros((self.RESERVE, MASK_BYTES), np.uint8, (64, MASK_BYTES))
+        self.refs = lazy_zeros((len(self.present),), np.int64, (64,))
+        self.row = lazy_zeros((len(self.present),), np.int64, (64,))
         self.pfn = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
-        self._rows_next = 0
+        self._rows_next = 1
         self._rows_free: list[int] = []
 
     def new(self, present: np.ndarray, write: np.ndarray, pfn: np.ndarray | None, refs: int = 1) -> np.ndarray:
@@ -108,7 +121,7 @@ class PteStore(_Store):
         ids = self._alloc_ids(n)
         self.present[ids] = bitmap_pack(present)
         self.write[ids] = bitmap_pack(write)
-        self.row[ids] = -1
+        self.row[ids] = 0
         if pfn is not None:
             has = np.flatnonzero(pfn.any(axis=1))
             if len(has):
@@ -117,6 +130,20 @@ class PteStore(_Store):
                 self.row[ids[has]] = rows
         self.refs[ids] = refs
         return ids
+
+    def new_packed(self, present: np.ndarray, write: np.ndarray) -> np.ndarray:
+        """Store contents given as packed masks (uint8[n, 64]) with no explicit frame."""
+        ids = self._alloc_ids(len(present))
+        self.present[ids] = present
+        self.write[ids] = write
+        self.row[ids] = 0
+        self.refs[ids] = 1
+        return ids
+
+    def store_packed(self, ids: np.ndarray, present: np.ndarray, write: np.ndarray) -> None:
+        """Overwrite the masks of contents that have no explicit frame (ids held by the caller alone)."""
+        self.present[ids] = present
+        self.write[ids] = write
 
     def _alloc_rows(self, n: int) -> np.ndarray:
         reuse = min(n, len(self._rows_free))
@@ -132,10 +159,10 @@ class PteStore(_Store):
 
     def _release(self, ids: np.ndarray) -> None:
         rows = self.row[ids]
-        rows = rows[rows >= 0]
+        rows = rows[rows > 0]
         self._rows_free.extend(rows.tolist())
         self.pfn[rows] = 0
-        self.row[ids] = -1
+        self.row[ids] = 0
 
     def load(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(present bool[n,512], write bool[n,512], pfn int64[n,512]) of the contents ``ids``."""
@@ -144,7 +171,7 @@ class PteStore(_Store):
         write = bitmap_unpack(self.write[ids])
         pfn = np.zeros((len(ids), PTRS_PER_TABLE), dtype=np.int64)
         rows = self.row[ids]
-        has = rows >= 0
+        has = rows > 0
         if has.any():
             pfn[has] = self.pfn[rows[has]]
         return present, write, pfn
@@ -158,19 +185,19 @@ class PteStore(_Store):
         self.write[ids] = bitmap_pack(write)
         explicit = pfn.any(axis=1)
         rows = self.row[ids]
-        need = explicit & (rows < 0)
+        need = explicit & (rows == 0)
         if need.any():
             rows = rows.copy()
             rows[need] = self._alloc_rows(int(need.sum()))
             self.row[ids] = rows
-        drop = ~explicit & (rows >= 0)
+        drop = ~explicit & (rows > 0)
         if drop.any():
             self._rows_free.extend(rows[drop].tolist())
             self.pfn[rows[drop]] = 0
             rows = rows.copy()
-            rows[drop] = -1
+            rows[drop] = 0
             self.row[ids] = rows
-        keep = rows >= 0
+        keep = rows > 0
         self.pfn[rows[keep]] = pfn[keep]
 
     def cow(self, ids: np.ndarray) -> np.ndarray:
@@ -199,6 +226,8 @@ class DirStore(_Store):
         self.entries = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
         self.child = child
         self.shared = shared
+        self._by_hash: dict[int, list[int]] = {}  # interned contents by hash of their entries
+        self._hash_of: dict[int, int] = {}
 
     def new(self, entries: np.ndarray | None = None, refs: int = 1) -> int:
         (cid,) = self._alloc_ids(1)
@@ -217,7 +246,41 @@ class DirStore(_Store):
         if len(boxes):
             self.shared.get(entry_value(boxes))
 
+    def intern(self, cid: int) -> int:
+        """Share storage with an existing table of equal contents, if there is one.
+
+        ``cid`` must be held by the caller alone; the caller's reference moves to the id returned.
+        Contents are compared, not trusted to the hash, so a table changed since it was interned is
+        never taken for another.
+        """
+        h = hash(self.entries[cid].tobytes())
+        old = self._hash_of.get(cid)
+        if old is not None and old != h:
+            self._forget(cid)
+        bucket = self._by_hash.setdefault(h, [])
+        for other in bucket:
+            if other != cid and self.refs[other] > 0 and np.array_equal(self.entries[other], self.entries[cid]):
+                self.refs[other] += 1
+                self.put(cid)
+                return other
+        if cid not in bucket:
+            bucket.append(cid)
+            self._hash_of[cid] = h
+        return cid
+
+    def _forget(self, cid: int) -> None:
+        h = self._hash_of.pop(cid, None)
+        if h is not None:
+            bucket = self._by_hash.get(h, [])
+            if cid in bucket:
+                bucket.remove(cid)
+            if not bucket:
+                self._by_hash.pop(h, None)
+
     def _release(self, ids: np.ndarray) -> None:
+        for cid in ids.tolist():
+            if cid in self._hash_of:
+                self._forget(cid)
         entries = self.entries[ids].ravel()
         tags = entry_tag(entries)
         tables = entries[tags == E_TABLE]
@@ -231,6 +294,8 @@ class DirStore(_Store):
     def cow(self, cid: int) -> int:
         """Make ``cid`` private to the caller (who holds one reference); copy if shared."""
         if self.refs[cid] == 1:
+            if cid in self._hash_of:
+                self._forget(cid)  # about to change: no longer a candidate for sharing
             return cid
         new = self.new(self.entries[cid].copy())
         self.put(cid)
@@ -266,25 +331,30 @@ class SharedTables:
         self._free: list[int] = []
         self.nr_live = 0
 
-    def new(self, level: int, content_id: int, owner: int) -> int:
-        """A shared table holding ``content_id`` (the caller's storage reference moves to it)."""
-        if self._free:
-            sid = self._free.pop()
-        else:
-            sid = self._next
-            self._next += 1
-            if sid >= len(self.users):
-                capacity = 2 * len(self.users)
+    def new(self, level: int, content_ids: np.ndarray, owner: int) -> np.ndarray:
+        """Shared tables holding ``content_ids`` (the caller's storage references move to them),
+        each with one user, ``owner``."""
+        n = len(content_ids)
+        reuse = min(n, len(self._free))
+        sids = [self._free.pop() for _ in range(reuse)]
+        fresh = n - reuse
+        if fresh:
+            start = self._next
+            self._next += fresh
+            if self._next > len(self.users):
+                capacity = max(self._next, 2 * len(self.users))
                 for name in ("users", "refs", "level", "content", "owner", "children"):
                     setattr(self, name, _grown(getattr(self, name), capacity))
-        self.users[sid] = 1
-        self.refs[sid] = 0
-        self.owner[sid] = owner
-        self.children[sid] = 0
-        self.level[sid] = level
-        self.content[sid] = content_id
-        self.nr_live += 1
-        return sid
+            sids.extend(range(start, start + fresh))
+        out = np.asarray(sids, dtype=np.int64)
+        self.users[out] = 1
+        self.refs[out] = 0
+        self.owner[out] = owner
+        self.children[out] = 0
+        self.level[out] = level
+        self.content[out] = content_ids
+        self.nr_live += n
+        return out
 
     def get(self, sids: np.ndarray | int) -> None:
         np.add.at(self.refs, np.asarray(sids, dtype=np.int64), 1)
@@ -298,6 +368,13 @@ class SharedTables:
             self.content[sid] = 0
             self._free.append(sid)
             self.nr_live -= 1
+
+    def cow_contents(self, sids: np.ndarray) -> np.ndarray:
+        """:meth:`cow_content` for many shared PTE tables at once."""
+        store = self.stores[0]
+        cids = store.cow(self.content[sids])
+        self.content[sids] = cids
+        return cids
 
     def cow_content(self, sid: int) -> int:
         """Make the shared table's contents private to it (they may share storage) and return them."""

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 _PARTNER_FLAGS = VM_READ | VM_WRITE | VM_EXEC | VM_SHARED
 
 
-def mk_shared_entry(k: Kernel, sid: int) -> int:
-    """A directory entry pointing at shared table ``sid`` (takes a storage reference)."""
+def mk_shared_entry(k: Kernel, sid: int | np.ndarray) -> int | np.ndarray:
+    """Directory entries pointing at shared tables ``sid`` (each takes a storage reference)."""
     k.shared.get(sid)
     return mk_shared(sid)
 
@@ -78,43 +78,59 @@ def unregister(k: Kernel, sid: int) -> None:
 
 # --- PMD tables (hugetlb sharing; McCracken 2005) ----------------------------------------------
 
-def _pmd_key(k: Kernel, vma: VMA, base: int) -> tuple[tuple, int] | None:
-    size = k.geom.pmd.span
-    if base < vma.vm_start or base + size > vma.vm_end:
-        return None
+def _pmd_key(k: Kernel, vma: VMA) -> tuple | None:
+    """The partner key of ``vma``'s PMD tables, or None if they are not to be shared."""
     if vma.is_hugetlb:
         if not (k.policy.hugetlb_pmd_share and vma.vm_flags & VM_MAYSHARE):
             return None
-        phase = (vma.vm_start - (vma.vm_pgoff << PAGE_SHIFT)) % size
-        key = ("hugetlb-pmd", vma.obj.id, vma.vm_flags & ~VM_LOCKED, phase)
-        return key, vma.linear_page_index(base) // (size >> PAGE_SHIFT)
+        phase = (vma.vm_start - (vma.vm_pgoff << PAGE_SHIFT)) % k.geom.pmd.span
+        return ("hugetlb-pmd", vma.obj.id, vma.vm_flags & ~VM_LOCKED, phase)
     if not k.policy.pmd_shareable(vma):
         return None
-    key = ("pmd", vma.obj.id, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags & _PARTNER_FLAGS)
-    return key, (base - vma.vm_start) // size
+    return ("pmd", vma.obj.id, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags & _PARTNER_FLAGS)
 
 
-def pmd_alloc(k: Kernel, mm: MM, vma: VMA, base: int) -> tuple[int, bool]:
-    """Give ``mm`` a PMD table for the 1 GiB window at ``base`` if it is to be a shared one.
+def _pmd_slots(k: Kernel, vma: VMA, bases: np.ndarray) -> np.ndarray:
+    """Registry slot of each 1 GiB window: the file's window for hugetlb (partners may map it at
+    another address), the window's place in the VMA for McCracken (partners have the same VMA)."""
+    size = k.geom.pmd.span
+    if vma.is_hugetlb:
+        return (((bases - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff) // (size >> PAGE_SHIFT)
+    return (bases - vma.vm_start) // size
 
-    Returns ``(sid, attached)``: the shared table (0 when the window's table is to be an
-    ordinary one) and whether it was a partner's table (``huge_pmd_share``) rather than new.
+
+def pmd_alloc(k: Kernel, mm: MM, vma: VMA, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Give ``mm`` PMD tables for the 1 GiB windows at ``bases`` where they are to be shared ones.
+
+    Returns ``(sids, attached)``: the shared table of each window (0 where the window's table is to
+    be an ordinary one) and whether it is a partner's (``huge_pmd_share``) rather than new.  Only a
+    window the VMA covers whole may share.
     """
-    found = _pmd_key(k, vma, base)
-    if found is None:
-        return 0, False
-    key, slot = found
-    slots = np.array([slot])
-    sid = int(_lookup(k, key, slots)[0])
-    if sid and (vma.is_hugetlb or k.policy.share_at_fault):
-        attach(k, mm, PMD, np.array([sid]))
-        return sid, True
-    cid = k.stores[PMD].new()
-    sid = k.shared.new(PMD, cid, mm.id)
-    account_alloc(k, mm, PMD, 1)
-    mm.pmd_boxes.add(sid)
-    _register(k, key, slots, np.array([sid]))
-    return sid, False
+    n = len(bases)
+    sids = np.zeros(n, dtype=np.int64)
+    attached = np.zeros(n, dtype=bool)
+    key = _pmd_key(k, vma)
+    size = k.geom.pmd.span
+    whole = (bases >= vma.vm_start) & (bases + size <= vma.vm_end)
+    if key is None or not whole.any():
+        return sids, attached
+    idx = np.flatnonzero(whole)
+    slots = _pmd_slots(k, vma, bases[idx])
+    found = _lookup(k, key, slots)
+    if vma.is_hugetlb or k.policy.share_at_fault:
+        hit = found != 0
+        attach(k, mm, PMD, found[hit])
+        sids[idx[hit]] = found[hit]
+        attached[idx[hit]] = True
+    todo = idx[sids[idx] == 0]
+    if len(todo):
+        cids = np.array([k.stores[PMD].new() for _ in range(len(todo))], dtype=np.int64)
+        new = k.shared.new(PMD, cids, mm.id)
+        account_alloc(k, mm, PMD, len(todo))
+        mm.pmd_boxes.update(new.tolist())
+        sids[todo] = new
+        _register(k, key, _pmd_slots(k, vma, bases[todo]), new)
+    return sids, attached
 
 
 def attach(k: Kernel, mm: MM, lvl: int, sids: np.ndarray) -> None:
@@ -160,7 +176,7 @@ def pte_alloc(k: Kernel, mm: MM, vma: VMA, pmd_sid: int, span_addrs: np.ndarray)
     if len(todo):
         store = k.stores[PTE]
         cids = store.new(np.zeros((len(todo), 512), bool), np.zeros((len(todo), 512), bool), None)
-        new = np.array([k.shared.new(PTE, int(c), mm.id) for c in cids], dtype=np.int64)
+        new = k.shared.new(PTE, cids, mm.id)
         account_alloc(k, mm, PTE, len(todo))
         sids[todo] = new
         _register(k, key, (span_addrs[todo] - first) // span, new)

@@ -23,13 +23,18 @@ if TYPE_CHECKING:
     from .vma import VMA
 
 
-def rss_pages(k: Kernel, mm: MM) -> tuple[int, int, int]:
-    """(anonymous, file, shmem) pages mapped by ``mm``'s page tables."""
+def rss_pages(k: Kernel, mm: MM, memo: dict | None = None) -> tuple[int, int, int]:
+    """(anonymous, file, shmem) pages mapped by ``mm``'s page tables.
+
+    ``memo`` may be shared by calls made while no table changes (one report of every process):
+    processes whose PMD tables share storage are then counted once.
+    """
+    memo = {} if memo is None else memo
     anon = file = shmem = 0
     for vma in mm.vmas:
         if vma.is_hugetlb:
             continue
-        implicit, explicit = _count_vma(k, mm, vma)
+        implicit, explicit = _count_vma(k, mm, vma, memo)
         anon += explicit
         if vma.obj is not None:
             if vma.obj.is_shmem:
@@ -39,11 +44,10 @@ def rss_pages(k: Kernel, mm: MM) -> tuple[int, int, int]:
     return anon, file, shmem
 
 
-def _count_vma(k: Kernel, mm: MM, vma: VMA) -> tuple[int, int]:
+def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int]:
     """Present entries of ``vma`` that map their file page implicitly, and explicit non-zero pages."""
     implicit = explicit = 0
     pud = k.stores[PUD]
-    memo: dict[int, tuple[int, int]] = {}
     for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=False):
         i0, i1, bases = span_slices(k, PUD, a, b)
         for n, i in enumerate(range(i0, i1)):
@@ -85,7 +89,7 @@ def _count_pmd(k: Kernel, pmd_cid: int, start: int, end: int) -> tuple[int, int]
     hi = np.clip((end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     whole = (lo == 0) & (hi == PTRS_PER_TABLE)
     total = int(pte.nr_present(cids[whole]).sum()) if whole.any() else 0
-    explicit_rows = pte.row[cids] >= 0
+    explicit_rows = pte.row[cids] > 0
     explicit = 0
     if explicit_rows.any() or not whole.all():
         sel = explicit_rows | ~whole

@@ -81,7 +81,7 @@ def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, p
     present[w] = (store.present[cid, byte] >> bit) & 1 == 1
     writable[w] = (store.write[cid, byte] >> bit) & 1 == 1
     rows = store.row[cid]
-    has_row = rows >= 0
+    has_row = rows > 0
     got = np.zeros(len(a), dtype=np.int64)
     got[has_row] = store.pfn[rows[has_row], ent[has_row]]
     pfn[w] = got

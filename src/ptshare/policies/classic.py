@@ -6,6 +6,20 @@ from ..mm.vma import VM_HUGETLB, VM_PFNMAP, VMA
 from .base import Policy
 
 
+class Linux(Policy):
+    """Linux 6.18: the base class's defaults."""
+
+
+class LinuxNoPmdShare(Policy):
+    """Linux 6.18 without hugetlb PMD sharing, as before 2.6.20 or on an architecture without
+    ``ARCH_WANT_HUGE_PMD_SHARE``: every process has its own PMD tables for hugetlb mappings."""
+
+    name = "linux-no-pmd-share"
+    kernel = "Linux 6.18, hugetlb PMD sharing off"
+    summary = "as linux, but every process has its own PMD tables for hugetlb mappings"
+    hugetlb_pmd_share = False
+
+
 class Eager(Policy):
     """Linux up to 2.6.13: ``copy_page_range`` copied the page tables of every VMA at fork."""
 

@@ -1,0 +1,93 @@
+"""``ptshare bench``: run the benchmark cases, print a table, write JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from ..cli.render import table
+from ..errors import UsageError
+from .cases import ALL, CASES, CURVE
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time the benchmark cases (simulator wall time, peak memory, results)")
+    p.add_argument("--case", action="append", help=f"a case to run (repeatable); default: all. Cases: {', '.join(ALL)}")
+    p.add_argument("--no-curve", action="store_true", help="skip the pgbench-like curve over backends")
+    p.add_argument("--repeat", type=int, default=1, help="runs per (case, policy); the table shows medians")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink the cases (0 < scale <= 1) for a quick check")
+    p.add_argument("--vs-host", action="store_true",
+                   help="also run the fork cases on this machine's kernel and print simulator/kernel time ratios")
+    p.add_argument("-o", "--output", default="bench-results.json", help="where to write the JSON results")
+    p.set_defaults(func=cmd_bench)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB"
+
+
+def _one(name: str, policy: str, scale: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "ptshare.bench.worker", name, policy, str(scale)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UsageError(f"bench case {name} under {policy} failed:\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cmd_bench(args) -> int:
+    if not 0 < args.scale <= 1:
+        raise UsageError("--scale must be more than 0 and at most 1")
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    names = args.case or [*CASES, *([] if args.no_curve else CURVE)]
+    for name in names:
+        if name not in ALL:
+            raise UsageError(f"unknown bench case {name!r}; cases: {', '.join(ALL)}")
+    rows, docs = [], []
+    for name in names:
+        case = ALL[name]
+        for policy in case.policies:
+            runs = [_one(name, policy, args.scale) for _ in range(args.repeat)]
+            wall = statistics.median(r["wall_s"] for r in runs)
+            peak = statistics.median(r["peak_rss_kb"] for r in runs) / 2**20
+            last = runs[-1]
+            ok = (case.target_s is None or wall <= case.target_s) and \
+                (case.target_gib is None or peak <= case.target_gib)
+            target = " / ".join(t for t in (f"< {case.target_s:g} s" if case.target_s else "",
+                                            f"< {case.target_gib:g} GiB" if case.target_gib else "") if t)
+            rows.append([name, policy, f"{wall:.2f} s", f"{peak:.2f} GiB", f"{last['pagetables_kb'] / 2**20:.2f} GiB",
+                         last["faults"], last["ptes_copied"], target or "-", "yes" if ok else "NO" if target else ""])
+            docs.append({**last, "wall_s_median": wall, "peak_gib_median": peak, "runs": len(runs),
+                         "wall_s_all": [r["wall_s"] for r in runs], "target": target, "met": ok})
+            print(f"  {name} [{policy}]: {wall:.2f} s, {peak:.2f} GiB", file=sys.stderr)
+    host = []
+    if args.vs_host:
+        from .vshost import compare_with_host
+
+        host = compare_with_host([n for n in names if ALL[n].host], args.scale, docs)
+    headers = ["case", "policy", "sim wall", "sim peak RSS", "page tables (simulated)", "faults", "PTEs copied",
+               "target", "met"]
+    print(f"ptshare bench on {machine()}, median of {args.repeat}")
+    print(table(headers, rows, "llrrrrrll"))
+    if host:
+        print()
+        print(table(["case", "policy", "sim wall", "kernel wall", "sim / kernel"], host, "llrrr"))
+    Path(args.output).write_text(json.dumps({"schema": "ptshare.bench/1", "machine": machine(),
+                                             "repeat": args.repeat, "scale": args.scale, "results": docs,
+                                             "vs_host": host}, indent=1) + "\n")
+    print(f"results written to {args.output}")
+    return 0
