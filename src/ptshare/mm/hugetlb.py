@@ -36,15 +36,15 @@ if TYPE_CHECKING:
     from .mm_struct import Task
 
 
-def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
+def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray, acc: Accesses,
                           write: bool) -> int:
-    """The faults of a touch in the 1 GiB windows ``regions`` of one PUD table; returns min_flt."""
+    """The faults of a touch in the 1 GiB windows at ``bases`` of one PUD table; returns min_flt."""
     pud = k.stores[PUD]
-    bases = np.array([b for b, _ in regions], dtype=np.int64)
+    window = k.geom.pmd.span
     idx = (bases >> k.geom.pud.shift) & 511
     entries = pud.entries[pud_cid, idx]
     none = entry_tag(entries) == E_NONE
-    attached = np.zeros(len(regions), dtype=bool)
+    attached = np.zeros(len(bases), dtype=bool)
     if none.any():
         sids, got = ptshare.pmd_alloc(k, task.mm, vma, bases[none])
         rows = np.flatnonzero(none)
@@ -57,31 +57,34 @@ def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions
             pud.entries[pud_cid, idx[r]] = mk_table(k.stores[PMD].new())
         account_alloc(k, task.mm, PMD, len(plain))
         entries = pud.entries[pud_cid, idx]
-    faults = 0
     tags = entry_tag(entries)
     sid = np.where(tags == E_SHARED, entry_value(entries), 0)
     cid = np.where(sid != 0, k.shared.content[sid], entry_value(entries))
+    # Windows read whole whose every page is already mapped take no fault (but the one that
+    # attached a partner's table): found without looking at them one by one.
+    whole = np.zeros(len(bases), dtype=bool)
+    if acc.is_progression and acc.stride <= k.geom.hpage_size:
+        whole = (acc.start <= bases) & (acc.end >= bases + window)
+    done = np.zeros(len(bases), dtype=bool)
+    if whole.any():
+        rows = k.stores[PMD].entries[cid[whole]]
+        mapped = (entry_tag(rows) == E_LEAF).all(axis=1)
+        if write:
+            mapped &= leaf_write(rows).all(axis=1)
+        done[np.flatnonzero(whole)[mapped]] = True
+    faults = int((done & attached).sum())
+    k.events.add("fault_spurious", faults)
     span_shift = k.geom.pmd.shift
-    for r, (base, acc) in enumerate(regions):
-        row = k.stores[PMD].entries[cid[r]]
-        if acc.is_progression and acc.stride <= k.geom.hpage_size and acc.start <= base \
-                and acc.end >= base + k.geom.pmd.span and _all_mapped(row, write):
-            if attached[r]:
-                faults += 1  # the fault that attached the partner's table found the page mapped
-                k.events.add("fault_spurious")
-            continue
+    for r in np.flatnonzero(~done).tolist():
+        base = int(bases[r])
         if sid[r]:
             pmd_cid = k.shared.cow_content(int(sid[r]))
         else:
             pmd_cid = k.stores[PMD].cow(int(cid[r]))
             pud.entries[pud_cid, idx[r]] = mk_table(pmd_cid)
-        faults += _fault_leaves(k, vma, pmd_cid, base, acc, write, bool(attached[r]), span_shift)
+        sub = acc.within(base, base + window)
+        faults += _fault_leaves(k, vma, pmd_cid, base, sub, write, bool(attached[r]), span_shift)
     return faults
-
-
-def _all_mapped(row: np.ndarray, write: bool) -> bool:
-    leaves = entry_tag(row) == E_LEAF
-    return bool(leaves.all() and (not write or leaf_write(row).all()))
 
 
 def _fault_leaves(k: Kernel, vma: VMA, pmd_cid: int, base: int, acc: Accesses, write: bool, attached: bool,
@@ -90,8 +93,12 @@ def _fault_leaves(k: Kernel, vma: VMA, pmd_cid: int, base: int, acc: Accesses, w
     obj = vma.obj
     frames = k.frames
     entries = k.stores[PMD].entries[pmd_cid]
-    slots, first = np.unique((acc.materialize() - base) >> shift, return_index=True)
-    slots = slots[np.argsort(first)]
+    if acc.is_progression and acc.stride <= 1 << shift:
+        lo, hi = acc.bounds()
+        slots = np.arange((lo - base) >> shift, ((hi - 1 - base) >> shift) + 1, dtype=np.int64)
+    else:
+        slots, first = np.unique((acc.materialize() - base) >> shift, return_index=True)
+        slots = slots[np.argsort(first)]
     e = entries[slots]
     present = entry_tag(e) == E_LEAF
     spurious = 1 if attached and present[0] else 0

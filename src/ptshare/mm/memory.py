@@ -35,6 +35,7 @@ from ..arch import (
     bitmap_pack,
     entry_tag,
     entry_value,
+    mk_shared,
     mk_table,
     range_bits,
 )
@@ -71,52 +72,30 @@ def _count_faults(k: Kernel, task: Task, n: int) -> None:
 
 # --- the PUD level: one entry per 1 GiB window ----------------------------------------------------
 
-def _regions(acc: Accesses, shift: int) -> list[tuple[int, Accesses]]:
-    """Split accesses by 2**shift-aligned window, in address order; order kept within a window."""
-    size = 1 << shift
-    if acc.addrs is None:
-        out = []
+def _windows_touched(k: Kernel, acc: Accesses) -> np.ndarray:
+    """The bases of the 1 GiB windows that ``acc`` reaches, in address order."""
+    shift = k.geom.pmd.span.bit_length() - 1
+    if acc.is_progression and acc.stride <= 1 << shift:
         lo, hi = acc.bounds()
-        base = lo & ~(size - 1)
-        while base < hi:
-            sub = acc.within(base, base + size)
-            if len(sub):
-                out.append((base, sub))
-            base += size
-        return out
-    keys = acc.addrs >> shift
+        return np.arange(lo >> shift, ((hi - 1) >> shift) + 1, dtype=np.int64) << shift
+    keys = acc.materialize() >> shift
     low = int(keys.min())
-    if int(keys.max()) - low < 1 << 15:
-        keys = (keys - low).astype(np.int16)  # a stable sort of small integers is a radix sort
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
-    base = low if keys.dtype == np.int16 else 0
-    return [((int(sorted_keys[g[0]]) + base) << shift, Accesses.explicit(acc.addrs[order[g]]))
-            for g in np.split(np.arange(len(order)), cuts)]
+    return (np.flatnonzero(np.bincount(keys - low)) + low) << shift
 
 
 def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
     if not acc.is_progression and not vma.is_hugetlb:
         _fault_pte_explicit(k, task, vma, pud_cid, acc, write)
         return
-    regions = _regions(acc, k.geom.pmd.span.bit_length() - 1)
-    grouped: set[int] = set()
-    for members in _uniform_regions(k, vma, pud_cid, regions, write):
-        _fault_group(k, task, vma, pud_cid, [regions[m] for m in members], write)
-        grouped.update(members)
-    rest = [r for n, r in enumerate(regions) if n not in grouped]
-    if not rest:
+    bases = _windows_touched(k, acc)
+    if acc.is_progression and not write:
+        bases = _fault_uniform_windows(k, task, vma, pud_cid, bases, acc)
+    if not len(bases):
         return
     if vma.is_hugetlb:
-        _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_cid, rest, write))
+        _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_cid, bases, acc, write))
     else:
-        _fault_pte_regions(k, task, vma, pud_cid, rest, write)
-
-
-def _full(acc: Accesses, lo: int, hi: int) -> bool:
-    """Whether ``acc`` touches every page of [lo, hi) in order."""
-    return acc.is_progression and acc.stride == PAGE_SIZE and acc.start <= lo and acc.end >= hi
+        _fault_pte_windows(k, task, vma, pud_cid, bases, acc, write)
 
 
 def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
@@ -127,25 +106,45 @@ def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
     return vma.obj.fully_cached(vma.linear_page_index(lo) // per, -(-vma.linear_page_index(hi) // per))
 
 
-def _uniform_regions(k: Kernel, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
-                     write: bool) -> list[list[int]]:
-    """Runs of whole 1 GiB windows whose transition is the same (see the module docstring)."""
-    if write or len(regions) < 2 or k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma):
-        return []
-    if vma.is_hugetlb and k.policy.hugetlb_pmd_share:
-        return []
+def _fault_uniform_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray,
+                           acc: Accesses) -> np.ndarray:
+    """Runs of whole 1 GiB windows whose transition is the same (see the module docstring): the
+    first is faulted, the others get its PMD table contents.  Returns the windows left to fault."""
+    if len(bases) < 2 or k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma):
+        return bases
+    if (vma.is_hugetlb and k.policy.hugetlb_pmd_share) or acc.stride != PAGE_SIZE:
+        return bases
     span = k.geom.pmd.span
+    full = (bases >= acc.start) & (bases + span <= acc.end) & (bases >= vma.vm_start) & (bases + span <= vma.vm_end)
+    if full.sum() < 2:
+        return bases
+    rows = np.flatnonzero(full)
+    if not _cached_whole(vma, int(bases[rows[0]]), int(bases[rows[-1]]) + span):
+        return bases
     pud = k.stores[PUD]
-    groups: dict[int, list[int]] = {}
-    for n, (base, sub) in enumerate(regions):
-        if not _full(sub, base, base + span) or base < vma.vm_start or base + span > vma.vm_end:
+    idx = (bases >> k.geom.pud.shift) & (PTRS_PER_TABLE - 1)
+    entries = pud.entries[pud_cid, idx[rows]]
+    rows = rows[entry_tag(entries) != E_SHARED]
+    keys, inverse = np.unique(pud.entries[pud_cid, idx[rows]], return_inverse=True)
+    done = np.zeros(len(bases), dtype=bool)
+    for g in range(len(keys)):
+        members = rows[inverse == g]
+        if len(members) < 2:
             continue
-        if not _cached_whole(vma, base, base + span):
-            continue
-        entry = int(pud.entries[pud_cid, k.geom.index(k.geom.pud, base)])
-        if entry_tag(entry) != E_SHARED:
-            groups.setdefault(entry, []).append(n)
-    return [members for members in groups.values() if len(members) > 1]
+        first = int(bases[members[0]])
+        tally = _Tally(k, task)
+        _fault_pud_table(k, task, vma, pud_cid, acc.within(first, first + span), False)
+        others = members[1:]
+        tally.charge_again(len(others))
+        result = pud.entries[pud_cid, idx[members[0]]]
+        old = pud.entries[pud_cid, idx[others]]
+        gone = old[entry_tag(old) == E_TABLE]
+        if len(gone):
+            k.stores[PMD].put(entry_value(gone))
+        pud.entries[pud_cid, idx[others]] = result
+        k.stores[PMD].get(int(entry_value(result)), len(others))
+        done[members] = True
+    return bases[~done]
 
 
 class _Tally:
@@ -169,25 +168,6 @@ class _Tally:
         self.k.events.values += d[4] * times
 
 
-def _fault_group(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
-                 write: bool) -> None:
-    """Fault the first window; give every other window of the group the same PMD table contents."""
-    pud = k.stores[PUD]
-    pmd = k.stores[PMD]
-    tally = _Tally(k, task)
-    _fault_pud_table(k, task, vma, pud_cid, regions[0][1], write)
-    others = regions[1:]
-    tally.charge_again(len(others))
-    result = int(pud.entries[pud_cid, k.geom.index(k.geom.pud, regions[0][0])])
-    for base, _sub in others:
-        i = k.geom.index(k.geom.pud, base)
-        old = int(pud.entries[pud_cid, i])
-        if entry_tag(old) == E_TABLE:
-            pmd.put(int(entry_value(old)))
-        pud.entries[pud_cid, i] = result
-    pmd.get(int(entry_value(result)), len(others))
-
-
 # --- the PMD level: every PTE table the touch reaches ---------------------------------------------
 
 @dataclass
@@ -201,12 +181,12 @@ class _Spans:
     hi: np.ndarray
 
 
-def _fault_pte_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, regions: list[tuple[int, Accesses]],
+def _fault_pte_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray, acc: Accesses,
                        write: bool) -> None:
-    """The faults of a touch in the windows ``regions`` of one PUD table."""
-    windows = _Windows(k, task, vma, pud_cid, [b for b, _ in regions])
-    spans, accs = _spans(k, regions)
-    _fault_ptes(k, task, vma, windows, spans, _Sequential(accs, spans), write, regions)
+    """The faults of a sequential touch in the windows at ``bases`` of one PUD table."""
+    windows = _Windows(k, task, vma, pud_cid, bases)
+    spans = _sequential_spans(k, bases, acc)
+    _fault_ptes(k, task, vma, windows, spans, _Sequential(acc, bases, k.geom.pmd.span), write, uniform=not write)
 
 
 def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
@@ -221,19 +201,20 @@ def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Acce
     span_addr = (present + low) << span_shift
     window_keys = span_addr >> pmd_shift
     bases, region = np.unique(window_keys, return_inverse=True)
-    windows = _Windows(k, task, vma, pud_cid, (bases << pmd_shift).tolist())
+    windows = _Windows(k, task, vma, pud_cid, bases << pmd_shift)
     spans = _Spans(region=region, slot=(span_addr >> span_shift) & (PTRS_PER_TABLE - 1), addr=span_addr,
                    lo=np.zeros(len(span_addr), dtype=np.int64), hi=np.zeros(len(span_addr), dtype=np.int64))
     row_of_key = np.zeros(len(counts), dtype=np.int64)
     row_of_key[present] = np.arange(len(present))
-    _fault_ptes(k, task, vma, windows, spans, _Explicit(addrs, row_of_key[keys - low], len(present)), write, None)
+    _fault_ptes(k, task, vma, windows, spans, _Explicit(addrs, row_of_key[keys - low], len(present)), write,
+                uniform=False)
 
 
 def _fault_ptes(k: Kernel, task: Task, vma: VMA, windows: _Windows, spans: _Spans, accs: _Touches, write: bool,
-                regions: list[tuple[int, Accesses]] | None) -> None:
+                uniform: bool) -> None:
     old = windows.entries(spans)
     _count_faults(k, task, windows.spurious(spans, accs))
-    groups = [] if write or regions is None else _uniform_spans(k, vma, spans, old, regions)
+    groups = _uniform_spans(k, vma, spans, old, accs.acc) if uniform else []
     grouped = np.zeros(len(old), dtype=bool)
     for members in groups:
         grouped[members] = True
@@ -243,21 +224,28 @@ def _fault_ptes(k: Kernel, task: Task, vma: VMA, windows: _Windows, spans: _Span
         _count_faults(k, task, _fault_spans(k, task, vma, windows, spans, accs, old, members[:1], write))
         tally.charge_again(len(members) - 1)
         windows.replicate(spans, members, old)
-    windows.intern()
+    windows.finish()
 
 
 class _Windows:
-    """The PMD tables of the windows a touch reaches: allocated (or attached) on the way in, and
-    made private to the mm only when one of their entries changes."""
+    """The PMD tables of the windows a touch reaches.
 
-    def __init__(self, k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: list[int]) -> None:
+    A window with no PMD table gets one (or attaches a partner's); its entries are built in a
+    buffer and stored at :meth:`finish`, where a table with equal contents, if any, is shared
+    instead of stored again.  An existing table is made private to the mm only when one of its
+    entries changes.  Entries given to :meth:`set` carry their reference on a PTE table's contents
+    but not on a shared table, whose storage reference is taken where the entry is stored.
+    """
+
+    def __init__(self, k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray) -> None:
         self.k, self.task, self.vma, self.pud_cid = k, task, vma, pud_cid
         pud = k.stores[PUD]
-        self.bases = np.array(bases, dtype=np.int64)
+        self.bases = bases
         self.idx = (self.bases >> k.geom.pud.shift) & (PTRS_PER_TABLE - 1)
         entries = pud.entries[pud_cid, self.idx]
         none = entry_tag(entries) == E_NONE
         self.attached = np.zeros(len(bases), dtype=bool)
+        self.fresh = np.zeros(len(bases), dtype=bool)
         if none.any():
             rows = np.flatnonzero(none)
             sids, attached = ptshare.pmd_alloc(k, task.mm, vma, self.bases[rows])
@@ -265,18 +253,25 @@ class _Windows:
             shared = sids != 0
             if shared.any():
                 pud.entries[pud_cid, self.idx[rows[shared]]] = ptshare.mk_shared_entry(k, sids[shared])
-            plain = rows[~shared]
-            for r in plain.tolist():
-                pud.entries[pud_cid, self.idx[r]] = mk_table(k.stores[PMD].new())
-            account_alloc(k, task.mm, PMD, len(plain))
+            self.fresh[rows[~shared]] = True
+            account_alloc(k, task.mm, PMD, int((~shared).sum()))
             entries = pud.entries[pud_cid, self.idx]
         tags = entry_tag(entries)
         self.sid = np.where(tags == E_SHARED, entry_value(entries), 0)
-        self.cid = np.where(self.sid != 0, k.shared.content[self.sid], entry_value(entries))
-        self.private = np.zeros(len(bases), dtype=bool)
+        own = np.where(tags == E_TABLE, entry_value(entries), 0)
+        self.cid = np.where(self.sid != 0, k.shared.content[self.sid], own)
+        self.private = self.fresh.copy()
+        self.buffer = np.zeros((int(self.fresh.sum()), PTRS_PER_TABLE), dtype=np.int64)
+        self.slot_of = np.cumsum(self.fresh) - 1  # window -> its row in the buffer
 
-    def entries(self, spans: _Spans) -> np.ndarray:
-        return self.k.stores[PMD].entries[self.cid[spans.region], spans.slot]
+    def entries(self, spans: _Spans, rows: np.ndarray | None = None) -> np.ndarray:
+        region = spans.region if rows is None else spans.region[rows]
+        slot = spans.slot if rows is None else spans.slot[rows]
+        out = self.k.stores[PMD].entries[self.cid[region], slot]
+        fresh = self.fresh[region]
+        if fresh.any():
+            out[fresh] = self.buffer[self.slot_of[region[fresh]], slot[fresh]]
+        return out
 
     def spurious(self, spans: _Spans, accs: _Touches) -> int:
         """A window whose PMD table was just attached: its first access faulted (the table was
@@ -295,9 +290,8 @@ class _Windows:
     def own(self, regions: np.ndarray) -> None:
         """Make the PMD tables of ``regions`` private to the mm before their entries change."""
         k = self.k
-        for r in np.unique(regions).tolist():
-            if self.private[r]:
-                continue
+        todo = np.unique(regions[~self.private[regions]])
+        for r in todo.tolist():
             if self.sid[r]:
                 self.cid[r] = k.shared.cow_content(int(self.sid[r]))
             else:
@@ -306,14 +300,22 @@ class _Windows:
             self.private[r] = True
 
     def set(self, spans: _Spans, rows: np.ndarray, values: np.ndarray) -> None:
-        self.own(spans.region[rows])
-        self.k.stores[PMD].entries[self.cid[spans.region[rows]], spans.slot[rows]] = values
+        region, slot = spans.region[rows], spans.slot[rows]
+        fresh = self.fresh[region]
+        if fresh.any():
+            self.buffer[self.slot_of[region[fresh]], slot[fresh]] = values[fresh]
+        if (~fresh).any():
+            region, slot, values = region[~fresh], slot[~fresh], values[~fresh]
+            shared = entry_tag(values) == E_SHARED
+            if shared.any():
+                self.k.shared.get(entry_value(values[shared]))
+            self.own(region)
+            self.k.stores[PMD].entries[self.cid[region], slot] = values
 
     def replicate(self, spans: _Spans, members: np.ndarray, old: np.ndarray) -> None:
         """Give the other members of a group the contents the first one ended with."""
         k = self.k
-        rep = members[0]
-        result = int(k.stores[PMD].entries[self.cid[spans.region[rep]], spans.slot[rep]])
+        result = int(self.entries(spans, members[:1])[0])
         others = members[1:]
         gone = old[others]
         gone = gone[entry_tag(gone) == E_TABLE]
@@ -322,47 +324,48 @@ class _Windows:
         k.stores[PTE].get(int(entry_value(result)), len(others))
         self.set(spans, others, np.full(len(others), result, dtype=np.int64))
 
-    def intern(self) -> None:
-        """Windows whose PMD table changed share storage with an equal table if there is one."""
-        pud = self.k.stores[PUD]
-        for r in np.flatnonzero(self.private & (self.sid == 0)).tolist():
-            cid = self.k.stores[PMD].intern(int(self.cid[r]))
+    def finish(self) -> None:
+        """Store the new PMD tables, sharing storage with an equal table where there is one, and let
+        tables that changed share with an equal one too."""
+        k = self.k
+        pmd = k.stores[PMD]
+        pud = k.stores[PUD]
+        for r in np.flatnonzero(self.fresh).tolist():
+            cid = pmd.adopt(self.buffer[self.slot_of[r]])
+            self.cid[r] = cid
+            pud.entries[self.pud_cid, self.idx[r]] = mk_table(cid)
+        for r in np.flatnonzero(self.private & ~self.fresh & (self.sid == 0)).tolist():
+            cid = pmd.intern(int(self.cid[r]))
             if cid != self.cid[r]:
                 self.cid[r] = cid
                 pud.entries[self.pud_cid, self.idx[r]] = mk_table(cid)
 
 
-def _spans(k: Kernel, regions: list[tuple[int, Accesses]]) -> tuple[_Spans, list[Accesses]]:
-    span = k.geom.pte.span
-    shift = span.bit_length() - 1
-    parts = []
-    for r, (base, acc) in enumerate(regions):
-        if acc.is_progression:
-            lo, hi = acc.bounds()
-            slots = np.arange((lo - base) >> shift, ((hi - 1 - base) >> shift) + 1, dtype=np.int64)
-        else:
-            slots = np.flatnonzero(np.bincount((acc.addrs - base) >> shift, minlength=PTRS_PER_TABLE))
-        addr = base + (slots << shift)
-        if acc.is_progression:
-            first = np.clip((acc.start - addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
-            last = np.clip(-(-(acc.end - addr) >> PAGE_SHIFT), 0, PTRS_PER_TABLE)
-            if acc.stride != PAGE_SIZE:
-                _inv, counts = _strided(acc, addr, first, last)
-                keep = counts > 0
-                slots, addr, first, last = slots[keep], addr[keep], first[keep], last[keep]
-        else:
-            first = last = np.zeros(len(slots), dtype=np.int64)
-        parts.append((np.full(len(slots), r), slots, addr, first, last))
-    cat = [np.concatenate([p[i] for p in parts]) for i in range(5)]
-    return _Spans(*cat), [acc for _b, acc in regions]
+def _sequential_spans(k: Kernel, bases: np.ndarray, acc: Accesses) -> _Spans:
+    """The PTE tables a sequential touch reaches in the windows at ``bases``, with the entries it
+    accesses in each."""
+    shift = k.geom.pte.span.bit_length() - 1
+    window = k.geom.pmd.span
+    lo = np.maximum(bases, acc.start)
+    hi = np.minimum(bases + window, acc.end)
+    first = (lo - bases) >> shift
+    counts = ((hi - 1 - bases) >> shift) - first + 1
+    region = np.repeat(np.arange(len(bases)), counts)
+    slot = np.repeat(first, counts) + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    addr = bases[region] + (slot << shift)
+    spans = _Spans(region=region, slot=slot, addr=addr,
+                   lo=np.clip((acc.start - addr) >> PAGE_SHIFT, 0, PTRS_PER_TABLE),
+                   hi=np.clip(-(-(acc.end - addr) >> PAGE_SHIFT), 0, PTRS_PER_TABLE))
+    if acc.stride != PAGE_SIZE:
+        _first, n = _strided(acc, spans.addr, spans.lo, spans.hi)
+        keep = n > 0
+        spans = _Spans(*(getattr(spans, f)[keep] for f in ("region", "slot", "addr", "lo", "hi")))
+    return spans
 
 
-def _uniform_spans(k: Kernel, vma: VMA, spans: _Spans, old: np.ndarray, regions: list[tuple[int, Accesses]]
-                   ) -> list[np.ndarray]:
+def _uniform_spans(k: Kernel, vma: VMA, spans: _Spans, old: np.ndarray, acc: Accesses) -> list[np.ndarray]:
     """Runs of whole PTE tables whose transition is the same (see the module docstring)."""
-    if len(old) < 2 or k.policy.pte_shareable(vma) or not regions[0][1].is_progression:
-        return []
-    if regions[0][1].stride != PAGE_SIZE:
+    if len(old) < 2 or k.policy.pte_shareable(vma) or acc.stride != PAGE_SIZE:
         return []
     whole = (spans.lo == 0) & (spans.hi == PTRS_PER_TABLE)
     whole &= (spans.addr >= vma.vm_start) & (spans.addr + k.geom.pte.span <= vma.vm_end)
@@ -401,8 +404,8 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
             sids[~in_box], got[~in_box] = ptshare.pte_alloc(k, task.mm, vma, 0, spans.addr[none[~in_box]])
         boxed = sids != 0
         if boxed.any():
-            win.set(spans, none[boxed], ptshare.mk_shared_entry(k, sids[boxed]))
-            old[none[boxed]] = k.stores[PMD].entries[win.cid[spans.region[none[boxed]]], spans.slot[none[boxed]]]
+            win.set(spans, none[boxed], mk_shared(sids[boxed]))
+            old[none[boxed]] = win.entries(spans, none[boxed])
             attached = none[boxed & got]
     tag = entry_tag(old[rows])
     sid = np.where(tag == E_SHARED, entry_value(old[rows]), 0)
@@ -434,7 +437,7 @@ def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: 
         ok = pte.present[cid[sel]]
         whole = (lo[sel] == 0) & (hi[sel] == PTRS_PER_TABLE)
         full = np.zeros(int(sel.sum()), dtype=bool)
-        full[whole] = (ok[whole] == 0xFF).all(axis=1)
+        full[whole] = (ok[whole].view(np.uint64) == np.uint64(0xFFFFFFFFFFFFFFFF)).all(axis=1)
         part = np.flatnonzero(~whole)
         if len(part):
             need = bitmap_pack(range_bits(lo[sel][part], hi[sel][part]))
@@ -594,9 +597,10 @@ class _Sequential(_Touches):
 
     progression = True
 
-    def __init__(self, accs: list[Accesses], spans: _Spans) -> None:
-        self.acc = accs[0]
-        self.accs = accs
+    def __init__(self, acc: Accesses, bases: np.ndarray, window: int) -> None:
+        self.acc = acc
+        self.bases = bases
+        self.window = window
 
     def of(self, spans: _Spans, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         step = self.acc.stride >> PAGE_SHIFT
@@ -608,10 +612,13 @@ class _Sequential(_Touches):
         return inv, ent, addr[inv] + (ent << PAGE_SHIFT)
 
     def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+        if self.acc.stride == PAGE_SIZE:
+            return spans.lo[rows]
         return _strided(self.acc, spans.addr[rows], spans.lo[rows], spans.hi[rows])[0]
 
     def first_in_window(self, spans: _Spans, region: int) -> int:
-        return self.accs[region].start
+        base = int(self.bases[region])
+        return self.acc.within(base, base + self.window).start
 
 
 class _Explicit(_Touches):

@@ -246,6 +246,29 @@ class DirStore(_Store):
         if len(boxes):
             self.shared.get(entry_value(boxes))
 
+    def adopt(self, entries: np.ndarray) -> int:
+        """The id of a table holding ``entries``: an existing equal one if there is one (the entries'
+        references on PTE contents are then given back), or a new one that takes them over (and
+        takes the storage references on shared tables that the entries do not carry)."""
+        h = hash(entries.tobytes())
+        for other in self._by_hash.get(h, []):
+            if self.refs[other] > 0 and np.array_equal(self.entries[other], entries):
+                self.refs[other] += 1
+                tags = entry_tag(entries)
+                tables = entries[tags == E_TABLE]
+                if len(tables):
+                    self.child.put(entry_value(tables))
+                return other
+        (cid,) = self._alloc_ids(1)
+        self.entries[cid] = entries
+        self.refs[cid] = 1
+        boxes = entries[entry_tag(entries) == E_SHARED]
+        if len(boxes):
+            self.shared.get(entry_value(boxes))
+        self._by_hash.setdefault(h, []).append(int(cid))
+        self._hash_of[int(cid)] = h
+        return int(cid)
+
     def intern(self, cid: int) -> int:
         """Share storage with an existing table of equal contents, if there is one.
 
