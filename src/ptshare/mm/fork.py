@@ -247,11 +247,18 @@ def _share_pud(k: Kernel, dst: VMA, src: VMA, src_pud: int, dst_pud: int, start:
             i0, i1, _ = span_slices(k, PMD, addr, nxt)
             boxes = np.flatnonzero(entry_tag(src_e[i0:i1]) == E_SHARED)
             if len(boxes):
-                dst_pmd = _child_pmd(k, dst.mm, dst_pud, i)
                 sids = entry_value(src_e[i0 + boxes])
                 ptshare.attach(k, dst.mm, PTE, sids)
-                for n, sid in zip(boxes.tolist(), sids.tolist(), strict=True):
-                    pmd.entries[dst_pmd, i0 + n] = ptshare.mk_shared_entry(k, sid)
+                if entry_tag(int(pud.entries[dst_pud, i])) == E_NONE:
+                    # The child's PMD table here holds only what it attaches: often exactly the
+                    # parent's table, whose storage it then shares.
+                    row = np.zeros(PTRS_PER_TABLE, dtype=np.int64)
+                    row[i0 + boxes] = src_e[i0 + boxes]
+                    pud.entries[dst_pud, i] = mk_table(pmd.adopt(row))
+                    account_alloc(k, dst.mm, PMD, 1)
+                else:
+                    dst_pmd = _child_pmd(k, dst.mm, dst_pud, i)
+                    pmd.entries[dst_pmd, i0 + boxes] = ptshare.mk_shared_entry(k, sids)
         addr = nxt
 
 

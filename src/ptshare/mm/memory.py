@@ -412,6 +412,8 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
     cid = np.where(sid != 0, k.shared.content[sid], np.where(tag == E_TABLE, entry_value(old[rows]), 0))
     # Which tables need their pages looked at: some access finds an entry that does not allow it.
     work = _misses(k, spans, rows, cid, write)
+    if not accs.progression and not write:
+        work &= _explicit_misses(k, spans, accs, rows, cid)
     if len(attached):
         faults += _spurious(k, win, spans, accs, attached, cid[np.searchsorted(rows, attached)])
     work_rows = rows[work]
@@ -444,6 +446,18 @@ def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: 
             full[part] = ((ok[part] & need) == need).all(axis=1)
         work[np.flatnonzero(sel)] = ~full
     return work
+
+
+def _explicit_misses(k: Kernel, spans: _Spans, accs: _Touches, rows: np.ndarray, cid: np.ndarray) -> np.ndarray:
+    """Per table of a random or zipf read: whether some access finds its entry absent."""
+    has = np.flatnonzero(cid != 0)
+    miss = np.ones(len(rows), dtype=bool)
+    if len(has):
+        inv, ent, _addrs = accs.of(spans, rows[has])
+        present = k.stores[PTE].present
+        absent = ((present[cid[has][inv], ent >> 3] >> (ent & 7)) & 1) == 0
+        miss[has] = np.bincount(inv, weights=absent, minlength=len(has)) > 0
+    return miss
 
 
 def _spurious(k: Kernel, win: _Windows, spans: _Spans, accs: _Touches, rows: np.ndarray,

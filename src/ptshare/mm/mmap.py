@@ -20,6 +20,7 @@ from ..errors import MmError
 from .pagecache import FILE, SHMEM, AddressSpace
 from .unmap import free_pgtables, zap_page_range
 from .vma import (
+    VM_ACCOUNT,
     VM_DONTEXPAND,
     VM_HUGETLB,
     VM_MAYEXEC,
@@ -28,6 +29,7 @@ from .vma import (
     VM_MAYWRITE,
     VM_SHARED,
     VM_SPECIAL,
+    VM_WRITE,
     VMA,
 )
 
@@ -173,8 +175,19 @@ def _mergeable(a: VMA, b: VMA) -> bool:
     return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma
 
 
-def vma_merge(mm: MM, vma: VMA) -> VMA:
-    """Merge ``vma`` with its neighbours where Linux would; returns the surviving VMA."""
+def vma_merge(k: Kernel, mm: MM, vma: VMA) -> VMA:
+    """Merge ``vma`` with its neighbours where Linux would; returns the surviving VMA.
+
+    A merged VMA is a new mapping for the purpose of sharing tables: tables it shared stop being
+    offered to partners (and a VMA that can no longer share lets go of them)."""
+    before = len(mm.vmas)
+    out = _merge(mm, vma)
+    if len(mm.vmas) != before:
+        unshare_range(k, mm, out.vm_start, out.vm_end)
+    return out
+
+
+def _merge(mm: MM, vma: VMA) -> VMA:
     i = mm.vmas.index(vma)
     if i + 1 < len(mm.vmas) and _mergeable(vma, mm.vmas[i + 1]):
         nxt = mm.vmas[i + 1]
@@ -226,11 +239,13 @@ def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpac
         vm_flags |= VM_SHARED | VM_MAYSHARE
     if obj is not None and obj.is_hugetlb:
         vm_flags |= VM_HUGETLB | VM_DONTEXPAND
+    elif not shared and vm_flags & VM_WRITE:
+        vm_flags |= VM_ACCOUNT  # accountable_mapping(): private writable memory is committed
     if obj is None:
         pgoff = addr >> PAGE_SHIFT
     vma = VMA(mm=mm, vm_start=addr, vm_end=addr + length, vm_flags=vm_flags, vm_pgoff=pgoff, obj=obj)
     mm.insert_vma(vma)
-    vma_merge(mm, vma)
+    vma_merge(k, mm, vma)
     return addr
 
 

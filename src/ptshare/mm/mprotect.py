@@ -26,8 +26,8 @@ from ..errors import MmError
 from .frames import PG_ANON, PG_EXCLUSIVE
 from .mmap import split_vma, unshare_range, vma_merge
 from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
-from .unmap import zap_page_range
-from .vma import VM_ACCESS_FLAGS, VM_LOCKED, VM_WRITE, VMA
+from .unmap import reclaim_pte_tables, zap_page_range
+from .vma import VM_ACCESS_FLAGS, VM_ACCOUNT, VM_LOCKED, VM_SHARED, VM_WRITE, VMA
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -67,9 +67,11 @@ def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot_flags: int) -> 
 
 def mprotect_fixup(k: Kernel, mm: MM, vma: VMA, newflags: int) -> None:
     unshare_range(k, mm, vma.vm_start, vma.vm_end)
+    if newflags & VM_WRITE and not vma.vm_flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED) and not vma.is_hugetlb:
+        newflags |= VM_ACCOUNT  # private memory becoming writable is committed, and stays so
     vma.vm_flags = newflags
     change_protection(k, mm, vma)
-    vma_merge(mm, vma)
+    vma_merge(k, mm, vma)
     k.events.add("tlb_flush_mm")
 
 
@@ -150,10 +152,16 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
 
 
 def do_madvise_dontneed(k: Kernel, mm: MM, start: int, length: int) -> None:
-    """MADV_DONTNEED: drop the pages of the range; the page tables stay."""
+    """MADV_DONTNEED: drop the pages of the range.  Page tables stay, except the PTE tables of
+    2 MiB spans that one VMA's part of the range covers whole: Linux 6.15+ frees those
+    (``madvise_dontneed_single_vma`` zaps with ``reclaim_pt``; see :func:`reclaim_pte_tables`)."""
     end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
-    for vma in _covering(k, mm, start, end, "madvise"):
+    vmas = _covering(k, mm, start, end, "madvise")
+    for vma in vmas:
         if vma.vm_flags & VM_LOCKED:
             raise MmError("EINVAL", "MADV_DONTNEED on a locked mapping")
     unshare_range(k, mm, start, end)
     zap_page_range(k, mm, start, end)
+    for vma in vmas:
+        if not vma.is_hugetlb:  # hugetlb zaps do not go through zap_pte_range()
+            reclaim_pte_tables(k, mm, max(start, vma.vm_start), min(end, vma.vm_end))

@@ -93,7 +93,7 @@ def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: in
 
         zap_page_range(k, mm, addr + new_size, addr + old_size)
     unmap_region(k, mm, [vma])
-    vma_merge(mm, new)
+    vma_merge(k, mm, new)
     return new_addr
 
 

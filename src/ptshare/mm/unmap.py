@@ -1,8 +1,9 @@
 """Tearing mappings down: models ``zap_page_range_single()``/``unmap_vmas()`` and ``free_pgtables()``
 (mm/memory.c).
 
-Zapping clears entries and drops the pages they mapped; it never frees a page table.  Page
-tables go in :func:`free_pgtables`, only where no remaining VMA still needs them (the ``floor`` and
+Zapping clears entries and drops the pages they mapped; it frees no page table, except that
+MADV_DONTNEED frees the PTE tables it empties whole (:func:`reclaim_pte_tables`).  Page tables go
+in :func:`free_pgtables`, only where no remaining VMA still needs them (the ``floor`` and
 ``ceiling`` rules of ``free_pgd_range``).  A table shared with other mms is not zapped: the mm
 lets go of it (McCracken's ``pt_check_unshare_pte``, ``huge_pmd_unshare``) and the others keep it.
 """
@@ -136,6 +137,31 @@ def _drop_anon(k: Kernel, pfns: np.ndarray) -> None:
     if len(dead):
         frames.free(dead)
         k.events.add("pages_freed", len(dead))
+
+
+def reclaim_pte_tables(k: Kernel, mm: MM, start: int, end: int) -> None:
+    """Models the ``reclaim_pt`` path of zap_pte_range() (mm/pt_reclaim.c, CONFIG_PT_RECLAIM, Linux
+    6.15+): after MADV_DONTNEED has zapped [start, end) of one VMA, each PTE table whose whole 2 MiB
+    span lies inside it is empty, and is freed (``try_get_and_clear_pmd`` + ``free_pte``).  Tables
+    the range covers only in part stay, and so do the PMD and upper tables.
+    """
+    pmd_size = k.geom.pmd_size
+    first = -(-start // pmd_size) * pmd_size
+    last = end // pmd_size * pmd_size
+    if first >= last:
+        return
+    pud, pmd = k.stores[PUD], k.stores[PMD]
+    for pud_cid, a, b in pud_tables(k, mm, first, last, write=True):
+        addr = a
+        while addr < b:
+            nxt = k.geom.addr_end(k.geom.pud, addr, b)
+            i = k.geom.index(k.geom.pud, addr)
+            entry = int(pud.entries[pud_cid, i])
+            if entry_tag(entry) == E_TABLE:
+                cid = pmd.cow(int(entry_value(entry)))
+                pud.entries[pud_cid, i] = mk_table(cid)
+                _free_pte_tables(k, mm, cid, 0, addr, nxt)
+            addr = nxt
 
 
 # --- freeing page tables -----------------------------------------------------------------------

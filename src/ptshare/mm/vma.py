@@ -23,6 +23,7 @@ VM_MAYSHARE = 0x00000080
 VM_PFNMAP = 0x00000400
 VM_LOCKED = 0x00002000
 VM_DONTCOPY = 0x00020000
+VM_ACCOUNT = 0x00100000
 VM_DONTEXPAND = 0x00040000
 VM_HUGETLB = 0x00400000
 VM_WIPEONFORK = 0x02000000
@@ -33,7 +34,8 @@ VM_SPECIAL = VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
 
 _FLAG_NAMES = {
     VM_READ: "read", VM_WRITE: "write", VM_EXEC: "exec", VM_SHARED: "shared", VM_MAYSHARE: "mayshare",
-    VM_LOCKED: "locked", VM_DONTCOPY: "dontcopy", VM_HUGETLB: "hugetlb", VM_WIPEONFORK: "wipeonfork",
+    VM_LOCKED: "locked", VM_DONTCOPY: "dontcopy", VM_ACCOUNT: "account", VM_HUGETLB: "hugetlb",
+    VM_WIPEONFORK: "wipeonfork",
     VM_PFNMAP: "pfnmap", VM_MIXEDMAP: "mixedmap",
 }
 

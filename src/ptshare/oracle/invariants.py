@@ -52,6 +52,7 @@ class _Walk:
         self.k, self.mm = k, mm
         self.tables = Counter()  # level -> tables the mm references (VmPTE levels and above)
         self.shared = Counter()  # (level, sid) -> references from this mm
+        self.shared_at: dict[tuple[int, int], int] = {}  # (level, sid) -> address of its span
         self.own_tables = Counter()  # level -> tables not inside a shared table (allocated by / for the mm)
         self.ptes: list[tuple[int, int, int, bool]] = []  # (pte cid, base address, sid or 0, in shared pmd)
         self.leaves: list[tuple[np.ndarray, np.ndarray]] = []  # (addresses, entries) of huge leaves
@@ -76,6 +77,7 @@ class _Walk:
             if tag == E_SHARED:
                 sid = int(entry_value(e))
                 self.shared[(child_lvl, sid)] += 1
+                self.shared_at[(child_lvl, sid)] = addr
                 child = int(k.shared.content[sid])
                 if int(k.shared.level[sid]) != child_lvl:
                     raise InternalError("shared table at the wrong level", sid=sid, level=child_lvl)
@@ -108,6 +110,7 @@ def check(system: System) -> None:
     for name, walk in walks.items():
         _check_entries(k, name, walk, mapcount)
         _check_counts(k, name, walk)
+        _check_shareable(k, name, walk)
     _check_frames(k, mapcount, cache_owner)
     _check_shared(k, walks)
     _check_storage(k)
@@ -180,6 +183,30 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
             hidx = (vma.linear_page_index(int(addrs[0])) >> 9)
             if vma.obj.find(np.array([hidx]))[0] == 0:
                 raise InternalError("huge leaf for a page not in the page cache", process=name, vma=vma)
+
+
+def _check_shareable(k: Kernel, name: str, walk: _Walk) -> None:
+    """A shared table sits only where a VMA that may share it covers its whole span."""
+    mm = walk.mm
+    for (lvl, sid), _n in walk.shared.items():
+        base = _shared_base(k, walk, lvl, sid)
+        span = k.geom.levels[lvl].span
+        vma = mm.vma_lookup(base)
+        ok = vma is not None and vma.vm_start <= base and base + span <= vma.vm_end
+        if ok and lvl == PTE:
+            ok = k.policy.pte_shareable(vma)
+        elif ok:
+            ok = (vma.is_hugetlb and k.policy.hugetlb_pmd_share) or k.policy.pmd_shareable(vma)
+        if not ok:
+            raise InternalError("shared table where no VMA may share it", process=name, level=lvl, sid=sid,
+                                addr=hex(base), vma=vma)
+
+
+def _shared_base(k: Kernel, walk: _Walk, lvl: int, sid: int) -> int:
+    for _cid, base, box, _inside in walk.ptes:
+        if box == sid:
+            return base
+    return walk.shared_at[(lvl, sid)]
 
 
 def _check_counts(k: Kernel, name: str, walk: _Walk) -> None:

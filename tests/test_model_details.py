@@ -1,0 +1,56 @@
+"""Details of Linux 6.18 the model must get right, each found by measuring a real system."""
+
+from ptshare import System
+from ptshare.mm.vma import VM_ACCOUNT
+
+MiB = 1 << 20
+BASE = 0x600000000000
+
+
+def test_madvise_dontneed_frees_the_pte_tables_it_covers_whole():
+    # Linux 6.14+ (CONFIG_PT_RECLAIM): zap_pte_range() frees a PTE table when MADV_DONTNEED covered
+    # its whole 2 MiB span; tables of partly covered spans stay.
+    s = System("linux", check=True)
+    s.spawn("p")
+    a = s.mmap("p", 8 * MiB, addr=BASE, fixed=True)
+    s.touch("p", a, write=True)
+    before = s.process("p")["vmpte_kb"]
+    s.madvise_dontneed("p", a + MiB, 4 * MiB)  # covers [2, 4) MiB whole; [0, 2) and [4, 6) in part
+    assert s.process("p")["vmpte_kb"] == before - 4
+    s.madvise_dontneed("p", a, 8 * MiB)
+    assert s.process("p")["vmpte_kb"] == before - 4 * 4
+    s.touch("p", a, MiB, write=True)  # a fresh table for the refault
+    assert s.process("p")["rss_kb"] == 1024
+    assert s.process("p")["vmpte_kb"] == before - 3 * 4
+
+
+def test_private_writable_mappings_are_accounted_and_do_not_merge_with_read_only_ones():
+    # A RELRO-like layout: a read-only part, then a part mapped writable and made read-only.
+    # VM_ACCOUNT (set by the writable mmap, kept by mprotect) keeps the two VMAs apart.
+    s = System("linux", check=True)
+    s.create_object("bin", "file", 16 * MiB)
+    s.spawn("p")
+    s.mmap("p", 4 * MiB, object="bin", prot="r", addr=BASE, fixed=True)
+    b = s.mmap("p", 64 << 10, object="bin", offset=4 * MiB, prot="rw", addr=BASE + 4 * MiB, fixed=True)
+    s.touch("p", b, write=True)
+    s.mprotect("p", b, 64 << 10, "r")
+    vmas = s.task("p").mm.vmas
+    assert len(vmas) == 2
+    assert not vmas[0].vm_flags & VM_ACCOUNT and vmas[1].vm_flags & VM_ACCOUNT
+
+
+def test_relro_layout_forks_as_linux_does():
+    # Without VM_ACCOUNT the two parts merged into one VMA with an anon_vma, and fork copied the
+    # read-only part's tables too (1,040 PTEs instead of the 16 the written part holds).
+    for policy, shared_kb in (("linux", 0), ("shared-pt", 8)):
+        s = System(policy, aslr_bits=0, check=True)
+        s.create_object("bin", "file", 16 * MiB)
+        s.spawn("pm")
+        s.mmap("pm", 4 * MiB, object="bin", prot="r", addr=BASE, fixed=True)
+        s.touch("pm", BASE, 4 * MiB)
+        s.mmap("pm", 64 << 10, object="bin", offset=4 * MiB, prot="rw", addr=BASE + 4 * MiB, fixed=True)
+        s.touch("pm", BASE + 4 * MiB, 64 << 10, write=True)
+        s.mprotect("pm", BASE + 4 * MiB, 64 << 10, "r")
+        s.fork("pm", "c")
+        assert s.events()["ptes_copied"] == 16
+        assert s.process("c")["pt_shared_kb"] == shared_kb  # the read-only part's two whole tables
