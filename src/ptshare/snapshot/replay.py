@@ -1,0 +1,120 @@
+"""Rebuilding a snapshot in the simulator: the same VMAs at the same addresses, the same pages present.
+
+Every process of the snapshot is *spawned* and maps its VMAs with ``MAP_FIXED``; processes that
+map the same object map the same simulated object.  They are not rebuilt as forks of one another,
+even when the real ones were (PostgreSQL backends are children of the postmaster): a replayed fork
+would copy the parent's anonymous page tables as they are now, not as they were when the real
+child was forked, and the child may since have unmapped or never touched them.  What makes
+processes partners for a sharing design is kept exactly: the same object at the same virtual
+address with the same flags and offset, which is what inheriting a mapping through fork gives.
+
+Pages are made present the way a process makes them present: a write fault for anonymous pages
+and copies made on write, a read fault for page-cache pages and the zero page.  Deliberate
+shortcut: fault-around is switched off while replaying (:func:`exact_faults`), since it would map
+page-cache neighbours the real process does not have; it never adds a page table (it stays inside
+one PTE table), and it is switched back on before anything is measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..arch import PAGE_SHIFT, PAGE_SIZE
+from ..errors import PtshareError
+from ..mm.access import Accesses
+from ..policies.base import Policy
+from ..system import SimulationError, System
+from .model import ANON, SPECIAL, ProcessSnap, Snapshot, VmaSnap
+from .pageset import PageSet, mask_runs
+
+CHUNK_PAGES = 1 << 18  # pages handled at once (1 GiB of addresses): bounds the memory of a replay
+FEW_RUNS = 64  # below this many runs in a chunk, touch run by run; above, by explicit addresses
+USER_4LEVEL = 1 << 47
+
+
+class ReplayError(PtshareError):
+    """A process of the snapshot could not be rebuilt in the simulator (a bug, or a mapping it cannot model)."""
+
+
+def sim_prot(perms: str) -> str:
+    """The simulator's protection for maps ``perms``: write and exec imply read (``-w-`` -> ``rw``)."""
+    r, w, x = (perms[i] != "-" for i in range(3))
+    return ("r" if r or w or x else "") + ("w" if w else "") + ("x" if x else "")
+
+
+def object_name(index: int) -> str:
+    return f"obj{index}"
+
+
+@contextmanager
+def exact_faults(policy: Policy) -> Iterator[None]:
+    """Fault-around off for the replay (see the module docstring)."""
+    policy.fault_around_pages = 1
+    try:
+        yield
+    finally:
+        del policy.fault_around_pages
+
+
+def new_system(snapshot: Snapshot, policy: Policy) -> System:
+    """An empty machine with the snapshot's objects."""
+    top = max((v.end for p in snapshot.processes for v in p.vmas), default=0)
+    system = System(policy, aslr_bits=0, levels=5 if top > USER_4LEVEL - PAGE_SIZE else 4)
+    for n, obj in enumerate(snapshot.objects):
+        system.create_object(object_name(n), obj.kind, max(obj.size, PAGE_SIZE))
+    return system
+
+
+def replay_process(system: System, name: str, proc: ProcessSnap, warnings: list[str]) -> None:
+    """Spawn ``name`` with the VMAs and present pages of ``proc``."""
+    system.spawn(name)
+    for vma in proc.vmas:
+        try:
+            map_vma(system, name, vma, vma.mapped, vma.written)
+        except SimulationError as exc:
+            warnings.append(f"process {proc.pid}: {vma.path or '[anon]'} at {vma.start:#x} left out: {exc}")
+
+
+def map_vma(system: System, name: str, vma: VmaSnap, pages: PageSet, written: PageSet) -> None:
+    """Map ``vma`` at its address in ``name`` and fault in ``pages`` (``written`` by writes, the rest by reads)."""
+    prot = sim_prot(vma.perms)
+    need_write = written.count() > 0
+    need_read = pages.count() > written.count()
+    # Faulting needs the access allowed: map wider, fault, then mprotect back (as ld.so does for RELRO).
+    wide = ("r" if prot or need_read or need_write else "") + ("w" if "w" in prot or need_write else "")
+    wide += "x" if "x" in prot else ""
+    size = vma.end - vma.start
+    if vma.kind in (ANON, SPECIAL):
+        system.mmap(name, size, prot=wide, addr=vma.start, fixed=True)
+    else:
+        system.mmap(name, size, object=object_name(vma.object), offset=vma.offset, shared=vma.shared,
+                    prot=wide, addr=vma.start, fixed=True)
+    huge = vma.kind == "hugetlb"
+    for lo, mask in pages.chunks(CHUNK_PAGES):
+        write_mask = written.mask(lo, lo + len(mask)) if need_write else np.zeros(len(mask), dtype=bool)
+        for write, sel in ((True, write_mask), (False, mask & ~write_mask)):
+            if sel.any():
+                _touch(system, name, vma.start + (lo << PAGE_SHIFT), sel, write, huge)
+    if wide != prot:
+        system.mprotect(name, vma.start, size, prot)
+
+
+def _touch(system: System, name: str, base: int, sel: np.ndarray, write: bool, huge: bool) -> None:
+    if huge:  # one fault per 2 MiB page
+        first = np.unique(np.flatnonzero(sel) >> 9) << 9
+        sel = np.zeros(len(sel), dtype=bool)
+        sel[first] = True
+    starts, lengths = mask_runs(sel)
+    if len(starts) <= FEW_RUNS:
+        batches = [Accesses.progression(base + (int(s) << PAGE_SHIFT), base + (int(s + n) << PAGE_SHIFT))
+                   for s, n in zip(starts, lengths, strict=True)]
+    else:
+        batches = [Accesses.explicit(base + (np.flatnonzero(sel).astype(np.int64) << PAGE_SHIFT))]
+    for acc in batches:
+        signal = system.access(name, acc, write=write)
+        if signal is not None:
+            raise ReplayError(f"replaying process {name}: the simulator killed it with {signal.signal} at "
+                              f"{signal.addr:#x} ({signal.reason}); this is a bug in ptshare's replay")

@@ -1,0 +1,243 @@
+"""A real PostgreSQL server under pgbench load: ``ptshare whatif`` under linux reproduces the VmPTE of the
+postmaster and of every backend, and says what shared-pt would save.
+
+The set-up installs Debian's PostgreSQL server when it is missing, then runs a private cluster in a
+temporary directory as the ``postgres`` user (the server refuses to run as root): initdb, a free local
+port, shared_buffers = 512MB, huge_pages = off.  The postmaster is a child of the test, which always
+stops it (and so its backends) and removes the cluster's files.
+"""
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ptshare.cli.main import main
+from ptshare.snapshot import load
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PostgreSQL test: Linux only"),
+    pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0,
+                       reason="PostgreSQL test: needs root (to install the server and run it as user postgres)"),
+]
+
+PG_ROOT = Path("/usr/lib/postgresql")
+PROGRAMS = ("initdb", "postgres", "pgbench")
+CLIENTS = 24
+SCALE = 10  # pgbench -i -s 10: about 160 MB of tables, inside the 512 MB of shared buffers
+
+
+def pg_bin() -> Path | None:
+    """The newest installed server's bin directory with every program the test needs."""
+    versions = sorted(PG_ROOT.glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    for path in reversed(versions):
+        if all((path / prog).exists() for prog in PROGRAMS):
+            return path
+    return None
+
+
+def install() -> str | None:
+    """apt-get install Debian's PostgreSQL without its default cluster; the reason it failed, or None."""
+    if shutil.which("apt-get") is None:
+        return "PostgreSQL is not installed and there is no apt-get to install it"
+    conf = Path("/etc/postgresql-common/createcluster.d")
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "ptshare-no-main-cluster.conf").write_text("create_main_cluster = false\n")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"'{' '.join(cmd)}' failed: {exc}"
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
+            return f"'{' '.join(cmd)}' failed with status {done.returncode}: {last[0]}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A private PostgreSQL cluster in ``root`` (data in root/data, socket in root), run by user postgres."""
+
+    def __init__(self, bindir: Path, root: Path):
+        self.bindir = bindir
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.server: subprocess.Popen | None = None
+
+    def run(self, prog: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bindir / prog), *args], user="postgres", group="postgres", extra_groups=[],
+                              cwd=self.root, capture_output=True, text=True, timeout=timeout, check=True, **kw)
+
+    def start(self) -> None:
+        """initdb, then the postmaster as a child of this process (so that it is reaped here)."""
+        self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
+                 "--locale=C")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
+                       "shared_buffers = 512MB\nhuge_pages = off\nmax_connections = 40\nfsync = off\n"
+                       "synchronous_commit = off\nfull_page_writes = off\n")
+        with open(self.root / "log", "w") as log:
+            self.server = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(self.data)], user="postgres",
+                                           group="postgres", extra_groups=[], cwd=self.root, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not self.ready():
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("PostgreSQL did not start:\n" + (self.root / "log").read_text()[-2000:])
+            time.sleep(0.1)
+
+    def ready(self) -> bool:
+        """Whether postmaster.pid says the server accepts connections (what pg_ctl -w waits for)."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) > 7 and lines[7].strip() == "ready"
+
+    @property
+    def postmaster(self) -> int:
+        return self.server.pid
+
+    def pgbench(self, *args: str) -> list[str]:
+        return [str(self.bindir / "pgbench"), "-h", str(self.root), "-p", str(self.port), *args, "postgres"]
+
+    def stop(self) -> None:
+        """Fast shutdown; immediate, then SIGKILL, if it hangs.  The backends follow the postmaster out;
+        any process still running from this cluster's directory is killed last."""
+        if self.server is not None:
+            for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+                if self.server.poll() is not None:
+                    break
+                self.server.send_signal(sig)
+                try:
+                    self.server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    continue
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[int]:
+        """Processes whose command line names this cluster's directory."""
+        mine = str(self.root).encode()
+        out = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as f:
+                if mine in f.read():
+                    out.append(int(name))
+        return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    bindir = pg_bin()
+    if bindir is None:
+        reason = install()
+        bindir = pg_bin()
+        if bindir is None:
+            pytest.skip(f"cannot install PostgreSQL: {reason or 'no server programs after apt-get install'}")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("PostgreSQL is installed but there is no 'postgres' user to run it")
+    root = Path(tempfile.mkdtemp(prefix="ptshare-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    pg = Cluster(bindir, root)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not root.exists() and not pg.leftovers(), f"the cluster in {root} was not cleaned up"
+
+
+def client_backends(postmaster: int) -> list[int]:
+    """The postmaster's children serving a client connection ("postgres: USER DB [local] ...")."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == postmaster and b"[local]" in cmdline:
+            out.append(int(name))
+    return out
+
+
+def snapshot_under_load(pg: Cluster, path: Path) -> None:
+    """Run pgbench with CLIENTS connections and snapshot the postmaster and its children meanwhile."""
+    pg.run("pgbench", "-h", str(pg.root), "-p", str(pg.port), "-i", "-q", "-s", str(SCALE), "postgres", timeout=300)
+    bench = subprocess.Popen(pg.pgbench("-c", str(CLIENTS), "-j", "2", "-T", "600"), user="postgres",
+                             group="postgres", extra_groups=[], cwd=pg.root, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(client_backends(pg.postmaster)) < CLIENTS:
+            assert bench.poll() is None, "pgbench exited early"
+            assert time.monotonic() < deadline, "pgbench did not connect its clients within a minute"
+            time.sleep(0.2)
+        time.sleep(5)  # let the backends touch the shared buffers
+        assert len(client_backends(pg.postmaster)) >= 20
+        assert main(["snapshot", "--pid", str(pg.postmaster), "--children", "-o", str(path)]) == 0
+    finally:
+        bench.terminate()
+        try:
+            bench.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            bench.kill()
+            bench.wait()
+
+
+def test_whatif_reproduces_postgres_vmpte(cluster, tmp_path, capsys):
+    path = tmp_path / "pg.npz"
+    snapshot_under_load(cluster, path)
+    capsys.readouterr()
+    snap = load(path)
+    assert not snap.partial, snap.problems
+    backends = [p for p in snap.processes if "[local]" in p.command]
+    assert len(backends) >= 20
+    buffers = [o for o in snap.objects if o.kind == "shmem" and o.size >= 512 << 20]
+    assert len(buffers) == 1, snap.objects  # the main shared memory: MAP_SHARED|MAP_ANONYMOUS, "/dev/zero"
+
+    assert main(["whatif", str(path), "--policy", "linux,shared-pt", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    moving = {int(w.split()[1]) for w in snap.warnings if "changed during each of" in w}
+    assert len(moving) <= 2, snap.warnings
+    for pid, proc in doc["processes"].items():
+        check = proc["linux_check"]
+        if int(pid) in moving:  # its page tables changed under every read: a few kB either way
+            assert abs(check["slack_kb"]) <= 16, (pid, check)
+        else:
+            assert check["verdict"] == "exact", (pid, proc["command"], check)
+    for backend in backends:
+        proc = doc["processes"][str(backend.pid)]
+        assert proc["policies"]["linux"]["vmpte_kb"] >= 64  # it maps a good part of the buffers
+        assert proc["policies"]["shared-pt"]["pt_shared_kb"] > 0
+    saving = doc["system"]["savings"]["shared-pt"]
+    assert saving["pagetables_kb"] > 0 and saving["percent"] > 20
+    print(f"\nPostgreSQL: {len(doc['processes'])} processes; linux check {doc['system']['linux_check']}; "
+          f"shared-pt saves {saving['pagetables_kb']} kB ({saving['percent']}%)", file=sys.stderr)
