@@ -67,6 +67,9 @@ class Accesses:
     def within(self, lo: int, hi: int) -> Accesses:
         """The accesses that fall in [lo, hi), order kept."""
         if self.addrs is not None:
+            first, last = self.bounds()
+            if lo <= first and last <= hi:
+                return self
             keep = (self.addrs >= lo) & (self.addrs < hi)
             return Accesses.explicit(self.addrs[keep])
         if hi <= self.start or lo >= self.end:

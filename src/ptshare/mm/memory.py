@@ -641,25 +641,31 @@ class _Explicit(_Touches):
     progression = False
 
     def __init__(self, addrs: np.ndarray, row: np.ndarray, nrows: int) -> None:
-        self.addrs = addrs
         key = row.astype(np.int16) if nrows < 1 << 15 else row  # a stable sort of small ints is a radix sort
-        self.order = np.argsort(key, kind="stable")
+        order = np.argsort(key, kind="stable")
+        self.sorted = addrs[order]  # accesses grouped by table, in order within each
+        self.row = row[order]
         self.starts = np.zeros(nrows + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=nrows), out=self.starts[1:])
+        self.first_pos = order[self.starts[:-1]]  # where each table's first access is in the touch
 
     def of(self, spans: _Spans, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if rows[-1] - rows[0] + 1 == len(rows):  # consecutive tables: one slice
+            part = slice(self.starts[rows[0]], self.starts[rows[-1] + 1])
+            addrs = self.sorted[part]
+            return self.row[part] - rows[0], (addrs >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1), addrs
         begin, counts = self.starts[rows], self.starts[rows + 1] - self.starts[rows]
         inv = np.repeat(np.arange(len(rows)), counts)
         pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(begin, counts)
-        addrs = self.addrs[self.order[pos]]
+        addrs = self.sorted[pos]
         return inv, (addrs >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1), addrs
 
     def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
-        return (self.addrs[self.order[self.starts[rows]]] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        return (self.sorted[self.starts[rows]] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
     def first_in_window(self, spans: _Spans, region: int) -> int:
         rows = np.flatnonzero(spans.region == region)
-        return int(self.addrs[self.order[self.starts[rows]].min()])
+        return int(self.sorted[self.starts[rows[np.argmin(self.first_pos[rows])]]])
 
 
 __all__ = ["handle_mm_fault_range"]

@@ -60,7 +60,8 @@ class _Store:
 
     def _alloc_ids(self, n: int) -> np.ndarray:
         reuse = min(n, len(self._free))
-        ids = [self._free.pop() for _ in range(reuse)]
+        ids = self._free[len(self._free) - reuse:]
+        del self._free[len(self._free) - reuse:]
         fresh = n - reuse
         if fresh:
             start = self._next

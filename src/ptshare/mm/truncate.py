@@ -34,7 +34,9 @@ def do_truncate(k: Kernel, obj: AddressSpace, size: int) -> None:
             if vma.is_hugetlb:
                 hp = k.geom.hpage_size
                 start = start // hp * hp
-            unshare_tables(k, vma.mm, start, vma.vm_end)
+            # Only tables still shared with others are let go of (huge_pmd_unshare() does nothing to a
+            # table with no other user); the last user's table stays, findable by later partners.
+            unshare_tables(k, vma.mm, start, vma.vm_end, keep_sole=True)
             zap_page_range(k, vma.mm, start, vma.vm_end)
     dropped = obj.resize(size)
     k.frames.free(dropped)

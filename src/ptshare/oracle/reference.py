@@ -120,6 +120,10 @@ class RefProcess:
         return out
 
 
+def _is_huge(m: RefMapping) -> bool:
+    return m.obj is not None and m.obj.kind == "hugetlb"
+
+
 class Reference:
     """The reference model.  Addresses come from the simulator: placement is not what it checks."""
 
@@ -209,7 +213,9 @@ class Reference:
                     m.private = {key: c for key, c in m.private.items() if key < keep}
 
     def access(self, name: str, addrs: np.ndarray, write: bool) -> tuple[np.ndarray, tuple[str, int] | None]:
-        """Values read (or written) at each address that was reached, and the fatal signal if any."""
+        """What each address reached holds once the touch is done (for a write: what it wrote, unless
+        a later access of the same touch wrote the same page through another address), and the fatal
+        signal if any."""
         p = self.procs[name]
         self.seq += 1
         values = []
@@ -231,12 +237,11 @@ class Reference:
                     m.obj.cell(key).value = stamp
                 else:
                     m.private[key] = Cell(stamp)
-                values.append(stamp)
-            else:
-                values.append(self._read(m, key, hugetlb))
+            values.append(addr)
+        reached = [self._read(p.find(a), p.find(a).page_key(a), _is_huge(p.find(a))) for a in values]
         if signal is not None:
             self.exit(name)
-        return np.array(values, dtype=np.int64), signal
+        return np.array(reached, dtype=np.int64), signal
 
     def _read(self, m: RefMapping, key: int, hugetlb: bool) -> int:
         if key in m.private:

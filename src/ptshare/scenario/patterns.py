@@ -46,13 +46,17 @@ class _Zipf:
         while len(todo):
             u = self.h_n + rng.random(len(todo)) * (self.h_x1 - self.h_n)
             x = self._H_inverse(u)
-            k = np.clip(np.floor(x + 0.5), 1, self.n)
+            k = np.floor(x + 0.5)
+            np.clip(k, 1, self.n, out=k)
             ok = k - x <= self.cut
             slow = np.flatnonzero(~ok)
             if len(slow):
                 ks = k[slow]
                 ok[slow] = u[slow] >= self._H(ks + 0.5) - np.power(ks, -self.s)
-            out[todo[ok]] = k[ok].astype(np.int64)
+            if ok.all():
+                out[todo] = k
+                break
+            out[todo[ok]] = k[ok]
             todo = todo[~ok]
         return out
 
