@@ -499,23 +499,31 @@ def _fault_chunk(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
     P0, W0, F0 = P.copy(), W.copy(), PFN.copy()
     faults = PteFaults(k, vma, addr, vs, ve, P, W, PFN, inv, ent, addrs, progression, write).run()
     changed = (P != P0).any(axis=1) | (W != W0).any(axis=1) | (PFN != F0).any(axis=1)
-    # New tables: allocated now that their contents are known (pte_alloc + set_pte).
-    fresh = ~has
+    _store_tables(k, task, win, spans, rows, cid, sid, changed, lambda ids, m: pte.store(ids, P[m], W[m], PFN[m]),
+                  lambda m: pte.new(P[m], W[m], PFN[m]))
+    return faults
+
+
+def _store_tables(k: Kernel, task: Task, win: _Windows, spans: _Spans, rows: np.ndarray, cid: np.ndarray,
+                  sid: np.ndarray, changed: np.ndarray, store, create) -> None:
+    """Store the new contents of the tables ``rows``: tables allocated now that their contents are
+    known (pte_alloc + set_pte), the mm's own tables (copied first if their storage is shared) and
+    shared tables (in place, for every user).  ``store(ids, mask)`` and ``create(mask)`` write the
+    contents of the rows selected by ``mask``."""
+    fresh = cid == 0
     if fresh.any():
-        ids = pte.new(P[fresh], W[fresh], PFN[fresh])
-        win.set(spans, rows[fresh], mk_table(ids))
+        win.set(spans, rows[fresh], mk_table(create(fresh)))
         boxes = win.sid[spans.region[rows[fresh]]]
         for box in np.unique(boxes).tolist():
             ptshare.account_pte_tables(k, task.mm, int(box), int((boxes == box).sum()))
-    own = has & (sid == 0) & changed
+    own = ~fresh & (sid == 0) & changed
     if own.any():
-        new = pte.cow(cid[own])
-        pte.store(new, P[own], W[own], PFN[own])
+        new = k.stores[PTE].cow(cid[own])
+        store(new, own)
         win.set(spans, rows[own], mk_table(new))
-    boxed = has & (sid != 0) & changed
+    boxed = ~fresh & (sid != 0) & changed
     if boxed.any():
-        pte.store(k.shared.cow_contents(sid[boxed]), P[boxed], W[boxed], PFN[boxed])
-    return faults
+        store(k.shared.cow_contents(sid[boxed]), boxed)
 
 
 def _packed_read_ok(k: Kernel, vma: VMA, spans: _Spans, rows: np.ndarray) -> np.ndarray:
@@ -561,22 +569,9 @@ def _fault_chunk_packed(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _
         write |= newly
     k.events.add("fault_file", faults)
     k.events.add("fault_around_ptes", int(np.bitwise_count(newly).sum()) - faults)
-    changed = newly.any(axis=1)
-    fresh = ~has
-    if fresh.any():
-        ids = pte.new_packed(present[fresh], write[fresh])
-        win.set(spans, rows[fresh], mk_table(ids))
-        boxes = win.sid[spans.region[rows[fresh]]]
-        for box in np.unique(boxes).tolist():
-            ptshare.account_pte_tables(k, task.mm, int(box), int((boxes == box).sum()))
-    own = has & (sid == 0) & changed
-    if own.any():
-        new = pte.cow(cid[own])
-        pte.store_packed(new, present[own], write[own])
-        win.set(spans, rows[own], mk_table(new))
-    boxed = has & (sid != 0) & changed
-    if boxed.any():
-        pte.store_packed(k.shared.cow_contents(sid[boxed]), present[boxed], write[boxed])
+    _store_tables(k, task, win, spans, rows, cid, sid, newly.any(axis=1),
+                  lambda ids, m: pte.store_packed(ids, present[m], write[m]),
+                  lambda m: pte.new_packed(present[m], write[m]))
     return faults
 
 

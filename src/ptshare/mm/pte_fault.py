@@ -117,10 +117,22 @@ class PteFaults:
         reuse = anon & (k.frames.mapcount[np.where(anon, pfn, 0)] == 1)
         copy = anon & ~reuse
         fresh = absent | zero | copy
+        src = np.where(copy, pfn, 0)  # the zero page and fresh pages start zeroed
+        self._write_private(sp, ent, addrs, pfn, src, fresh, copy, reuse)
+        k.events.add("fault_anon", int(absent.sum()))
+        k.events.add("fault_wp_copy", int((zero | copy).sum()))
+        k.events.add("fault_wp_reuse", int(reuse.sum()))
+        return int((absent | ro).sum())
+
+    def _write_private(self, sp: np.ndarray, ent: np.ndarray, addrs: np.ndarray, pfn: np.ndarray, src: np.ndarray,
+                       fresh: np.ndarray, copied: np.ndarray, reuse: np.ndarray) -> None:
+        """The end of every private write: new pages (copies of ``src``, or zeroed where it is 0)
+        where ``fresh``, one mapping fewer for the anonymous pages ``copied`` away from, reused
+        pages marked exclusive, every entry present and writable, and the write stored."""
+        k = self.k
         if fresh.any():
-            stamps = np.where(copy[fresh], k.frames.stamp[pfn[fresh]], 0)
-            got = self._alloc_anon(int(fresh.sum()), stamps)
-            k.frames.mapcount[pfn[copy]] -= 1
+            got = self._alloc_anon(int(fresh.sum()), np.where(src[fresh] > 0, k.frames.stamp[src[fresh]], 0))
+            k.frames.mapcount[pfn[copied]] -= 1
             pfn = pfn.copy()
             pfn[fresh] = got
         k.frames.flags[pfn[reuse]] |= PG_EXCLUSIVE
@@ -128,10 +140,6 @@ class PteFaults:
         self.W[sp, ent] = True
         self.PFN[sp, ent] = pfn
         self._stamp(pfn, addrs)
-        k.events.add("fault_anon", int(absent.sum()))
-        k.events.add("fault_wp_copy", int((zero | copy).sum()))
-        k.events.add("fault_wp_reuse", int(reuse.sum()))
-        return int((absent | ro).sum())
 
     # file and shmem mappings ----------------------------------------------------------------
 
@@ -260,20 +268,11 @@ class PteFaults:
         copy_file = ro & ~explicit
         absent = ~present
         fresh = copy_anon | copy_file | absent
-        if fresh.any():
-            src = pfn.copy()
-            from_file = copy_file | absent
-            if from_file.any():
-                src[from_file] = self._cache_fill(sp[from_file], ent[from_file])
-            got = self._alloc_anon(int(fresh.sum()), k.frames.stamp[src[fresh]])
-            k.frames.mapcount[pfn[copy_anon]] -= 1
-            pfn = pfn.copy()
-            pfn[fresh] = got
-        k.frames.flags[pfn[reuse]] |= PG_EXCLUSIVE
-        self.P[sp, ent] = True
-        self.W[sp, ent] = True
-        self.PFN[sp, ent] = pfn
-        self._stamp(pfn, addrs)
+        src = pfn.copy()
+        from_file = copy_file | absent
+        if from_file.any():
+            src[from_file] = self._cache_fill(sp[from_file], ent[from_file])
+        self._write_private(sp, ent, addrs, pfn, src, fresh, copy_anon, reuse)
         k.events.add("fault_cow", int(absent.sum()))
         k.events.add("fault_wp_copy", int((copy_anon | copy_file).sum()))
         k.events.add("fault_wp_reuse", int(reuse.sum()))

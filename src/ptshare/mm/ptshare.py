@@ -195,6 +195,17 @@ def account_pte_tables(k: Kernel, mm: MM, pmd_sid: int, n: int) -> None:
 
 # --- letting go ------------------------------------------------------------------------------
 
+def _let_go(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
+    """``mm``'s own bookkeeping when it stops using ``sid``: VmSHPT, if it attached the table rather
+    than allocated it, and its list of shared PMD tables."""
+    if int(k.shared.owner[sid]) == mm.id:
+        k.shared.owner[sid] = 0
+    else:
+        mm.nr_shared -= 1
+    if lvl == PMD:
+        mm.pmd_boxes.discard(sid)
+
+
 def release(k: Kernel, mm: MM, lvl: int, sid: int) -> bool:
     """``mm`` stops using shared table ``sid`` (the caller clears its entry).
 
@@ -207,12 +218,7 @@ def release(k: Kernel, mm: MM, lvl: int, sid: int) -> bool:
         return False
     k.shared.users[sid] = users - 1
     account_mm(mm, lvl, -1)
-    if int(k.shared.owner[sid]) == mm.id:
-        k.shared.owner[sid] = 0
-    else:
-        mm.nr_shared -= 1
-    if lvl == PMD:
-        mm.pmd_boxes.discard(sid)
+    _let_go(k, mm, lvl, sid)
     k.events.add("pt_unshared")
     k.events.add("tlb_flush_all")
     return True
@@ -222,11 +228,8 @@ def free_last(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
     """The last user frees shared table ``sid`` (after zapping it)."""
     k.shared.users[sid] = 0
     unregister(k, sid)
-    if int(k.shared.owner[sid]) != mm.id:
-        mm.nr_shared -= 1
-    k.shared.owner[sid] = 0
+    _let_go(k, mm, lvl, sid)
     if lvl == PMD:
-        mm.pmd_boxes.discard(sid)
         children = int(k.shared.children[sid])
         if children:
             k.frames.free_pgtables(children)
@@ -245,11 +248,8 @@ def privatize(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     k.shared.content[sid] = 0
     k.shared.users[sid] = 0
     unregister(k, sid)
-    if int(k.shared.owner[sid]) != mm.id:
-        mm.nr_shared -= 1
-    k.shared.owner[sid] = 0
+    _let_go(k, mm, lvl, sid)
     if lvl == PMD:
-        mm.pmd_boxes.discard(sid)
         mm.nr_ptes += int(k.shared.children[sid])
         k.shared.children[sid] = 0
     return cid
