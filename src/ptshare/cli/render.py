@@ -48,7 +48,8 @@ def run_table(result: RunResult) -> str:
         rows.append([step.index, step.op, pid or "", faults - prev_faults, step.system["pagetables_kb"],
                      format_ns(step.est_ns), format_ns(step.wall_ns)])
         prev_faults = faults
-    out.append(table(["step", "op", "pid", "faults", "PageTables kB", "est. time", "sim wall"], rows, "rllrrrr"))
+    wall = "sim wall" if result.backend == "sim" else f"{result.backend} wall"
+    out.append(table(["step", "op", "pid", "faults", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
     final = result.final
     if final is not None:
         out.append("")

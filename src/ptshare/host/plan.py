@@ -1,0 +1,194 @@
+"""Planning a host run: the scenario runs first on the simulator (policy ``linux``, no address
+randomisation, ``mmap_base`` at the top of the host window), which says where every mapping goes,
+which accesses a touch makes and where a process is killed; the host then puts every mapping at
+exactly that address, so that both backends build page tables for the same addresses and their
+counts can be compared entry for entry.  The plan also gives what the safety limits need: the
+memory the scenario uses at its peak, its huge pages, and how many processes it makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..cost import CostModel, load_profile
+from ..errors import ScenarioError
+from ..mm.frames import PG_ANON, PG_HUGE
+from ..scenario.model import Scenario, Step
+from ..scenario.patterns import accesses
+from ..scenario.run import Runner
+from ..system import SimulationError, System
+from .worker import WINDOW
+
+HOST_MMAP_BASE = WINDOW[1]
+HPAGE = 2 << 20
+
+
+@dataclass
+class Op:
+    """One concrete operation for the host: ``kind`` and its arguments, addresses resolved."""
+
+    kind: str
+    pid: str | None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedStep:
+    step: Step
+    ops: list[Op]
+    est_ns: float
+    signals: list[dict]
+
+
+@dataclass
+class Plan:
+    scenario: Scenario
+    steps: list[PlannedStep]
+    error: ScenarioError | None
+    peak_kb: int  # data and page tables at the simulator's peak
+    hugepages: int  # 2 MiB pages to reserve
+    spawned: int  # interpreters started (spawn and exec)
+    forked: int
+
+
+def host_scenario(scenario: Scenario) -> Scenario:
+    """The scenario with the layout the host uses: ``mmap_base`` at the top of the window (or the
+    scenario's own, when it lies inside), no randomisation.  The simulator side of a comparison
+    runs this too."""
+    base = scenario.machine.mmap_base
+    if base is None:
+        base = HOST_MMAP_BASE
+    elif not WINDOW[0] < base <= WINDOW[1]:
+        raise ScenarioError(f"[machine] mmap_base = {base:#x} is outside the range the host backend maps "
+                            f"scenario memory in ({WINDOW[0]:#x} to {WINDOW[1]:#x}); remove it or choose one "
+                            "inside", scenario.path)
+    if scenario.machine.levels != 4:
+        raise ScenarioError("this host has 4-level page tables; remove [machine] levels = 5 to run it here",
+                            scenario.path)
+    machine = dataclasses.replace(scenario.machine, mmap_base=base, aslr_bits=0)
+    return dataclasses.replace(scenario, machine=machine)
+
+
+def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
+    """Run ``scenario`` on the simulator and record what the host must do, step by step."""
+    cost = cost or load_profile()
+    scenario = host_scenario(scenario)
+    m = scenario.machine
+    system = System("linux", memory=m.memory, cpus=m.cpus, aslr_bits=0, seed=m.seed, mmap_base=m.mmap_base)
+    for obj in scenario.objects:
+        system.create_object(obj.name, obj.kind, obj.size)
+    planner = _Planner(scenario, system)
+    steps: list[PlannedStep] = []
+    error = None
+    for step in scenario.steps:
+        before = system.k.events.snapshot()
+        try:
+            ops, signals = planner.step(step)
+        except SimulationError as exc:
+            error = ScenarioError(f"step {step.index} ({step.op}): {exc}", scenario.path, step.line)
+            break
+        except ScenarioError as exc:
+            error = exc.located(scenario.path, step.line)
+            break
+        steps.append(PlannedStep(step, ops, cost.estimate(system.k.events.snapshot() - before), signals))
+    private_huge = sum(op.args["length"] for s in steps for op in s.ops
+                       if op.kind == "mmap" and op.args["kind"] == "hugetlb" and not op.args["shared"])
+    shared_huge = sum(o.size for o in scenario.objects if o.kind == "hugetlb")
+    hugepages = -(-(shared_huge + private_huge) // HPAGE) + planner.peak_anon_huge
+    return Plan(scenario, steps, error, system.k.frames.peak_units * 4, hugepages if shared_huge or private_huge
+                else 0, planner.spawned, planner.forked)
+
+
+class _Planner:
+    """Runs steps on the simulator, turning each concrete one into host operations."""
+
+    def __init__(self, scenario: Scenario, system: System) -> None:
+        self.scenario = scenario
+        self.system = system
+        self.runner = Runner(scenario, system)
+        self.kinds = {o.name: o.kind for o in scenario.objects}
+        self.spawned = 0
+        self.forked = 0
+        self.peak_anon_huge = 0
+        self._private_huge = any(s.op == "mmap" and self.kinds.get(s.fields.get("object")) == "hugetlb"
+                                 and not s.fields.get("shared", False) for s in scenario.steps)
+
+    def step(self, step: Step) -> tuple[list[Op], list[dict]]:
+        ops: list[Op] = []
+        signals: list[dict] = []
+        for fields in step.expand():
+            ops.extend(self._concrete(step, fields, signals))
+            if self._private_huge:
+                frames = self.system.k.frames
+                flags = frames.flags[frames.used_pfns()]
+                anon_huge = int(np.count_nonzero((flags & (PG_HUGE | PG_ANON)) == (PG_HUGE | PG_ANON)))
+                self.peak_anon_huge = max(self.peak_anon_huge, anon_huge)
+        return ops, signals
+
+    def _concrete(self, step: Step, fields: dict[str, Any], signals: list[dict]) -> list[Op]:
+        op, pid = step.op, fields.get("pid")
+        handles = self.runner.handles
+        if op in ("munmap", "mprotect", "madvise", "touch", "mremap"):
+            base, size = handles[pid][fields["vma"]]
+            offset = fields.get("offset", 0)
+            length = fields.get("length", size - offset)
+        touch = None
+        if op == "touch":
+            touch = dict(start=base + offset, length=length, pattern=fields.get("pattern", "sequential"),
+                         stride=fields.get("stride", 4096), count=fields.get("count"), seed=fields.get("seed", 0),
+                         zipf_s=fields.get("zipf_s", 1.0))
+        signal = self.runner.execute(step, fields)
+        if op == "spawn" or op == "exec":
+            self.spawned += 1
+            return [Op(op, pid)]
+        if op == "fork":
+            self.forked += 1
+            return [Op(op, pid, {"child": fields["child"]})]
+        if op == "exit":
+            return [Op(op, pid)]
+        if op == "truncate":
+            return [Op(op, None, {"object": fields["object"], "size": fields["size"]})]
+        if op == "mmap":
+            addr, length = handles[pid][fields["vma"]]
+            self._check_window(addr, length)
+            obj = fields.get("object")
+            return [Op(op, pid, {"addr": addr, "length": length, "prot": fields.get("prot", "rw"),
+                                 "shared": fields.get("shared", False), "fixed": fields.get("fixed", False),
+                                 "object": obj, "offset": fields.get("offset", 0),
+                                 "kind": "anon" if obj is None else self.kinds[obj]})]
+        if op == "mremap":
+            new, new_size = handles[pid][fields["vma"]]
+            self._check_window(new, new_size)
+            return [Op(op, pid, {"addr": base, "old": size, "new": new_size, "new_addr": new})]
+        if op in ("munmap", "mprotect", "madvise"):
+            args = {"addr": base + offset, "length": length}
+            if op == "mprotect":
+                args["prot"] = fields["prot"]
+            return [Op(op, pid, args)]
+        assert touch is not None
+        acc = accesses(**touch)
+        done = len(acc)
+        if signal is not None:
+            done = _index_of(acc, signal.addr)
+            signals.append({"pid": pid, "signal": signal.signal, "addr": hex(signal.addr), "reason": signal.reason})
+        ops = [Op("touch", pid, {**touch, "write": fields.get("access", "read") == "write", "n": done})]
+        if signal is not None:
+            ops.append(Op("killed", pid, {"signal": signal.signal}))
+        return ops
+
+    def _check_window(self, addr: int, length: int) -> None:
+        if not (WINDOW[0] <= addr and addr + length <= WINDOW[1]):
+            raise ScenarioError(f"the mapping at {addr:#x}-{addr + length:#x} is outside the range the host backend "
+                                f"maps scenario memory in ({WINDOW[0]:#x} to {WINDOW[1]:#x}), kept clear of the "
+                                "interpreter's own mappings; remove its addr or choose one inside")
+
+
+def _index_of(acc, addr: int) -> int:
+    """Position of the first access to ``addr`` (the one the simulator killed the process at)."""
+    if acc.is_progression:
+        return (addr - acc.start) // acc.stride
+    return int(np.flatnonzero(acc.addrs == addr)[0])

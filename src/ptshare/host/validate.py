@@ -1,0 +1,252 @@
+"""``ptshare validate``: the simulator checked against the kernel it models.
+
+Each scenario runs on the host (:mod:`.backend`) and on the simulator under ``linux`` with the
+same layout (``mmap_base`` at the top of the host window, no randomisation: the same addresses,
+so the same page tables), and every process's counters are compared after every step:
+
+========================  ===============================  ============================  =========
+metric                    host                             simulator                     tolerance
+========================  ===============================  ============================  =========
+faults                    ``ru_minflt + ru_majflt``        ``minflt``                    0
+vmpte_kb                  VmPTE                            VmPTE                         0
+rss_kb (and its anon,     VmRSS (RssAnon, RssFile,         RSS (anon, file, shmem)       0
+file and shmem parts)     RssShmem)
+alive                     the process still runs           the same                      equal
+========================  ===============================  ============================  =========
+
+The tolerances are zero because the measurement has no noise floor: faults are counted by
+machine code around each operation (:mod:`.measure`), and the interpreter's page tables and RSS
+are measured separately and taken out (:mod:`.worker`).  A difference is a difference between the
+model and Linux -- a bug in the simulator, to be fixed there, never here.  The run also fails if
+the host measurement reports that a worker's interpreter changed its own part during the run
+(``host.notes``), since the figures would then be off by that much.
+
+Not checked, shown: ``pagetables_kb`` (``/proc/meminfo`` PageTables counts every process on the
+machine, so it is only as quiet as the machine), and time -- the cost model's estimate for each
+fork and touch against the time measured on the host, as a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cost import CostModel, load_profile
+from ..errors import PtshareError, ScenarioError
+from ..scenario import Scenario, load, run
+from ..scenario.run import RunResult
+from .backend import run_on_host
+from .plan import host_scenario
+
+SCHEMA = "ptshare.validate/1"
+METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb")
+TOLERANCE = dict.fromkeys(METRICS, 0)
+TIMED_OPS = ("fork", "touch")
+
+
+@dataclass
+class Row:
+    step: int
+    op: str
+    process: str
+    metric: str
+    host: Any
+    sim: Any
+
+    @property
+    def diff(self) -> Any:
+        if isinstance(self.host, bool) or isinstance(self.sim, bool) or self.host is None or self.sim is None:
+            return None
+        return self.host - self.sim
+
+    @property
+    def ok(self) -> bool:
+        if self.metric == "alive" or self.diff is None:
+            return self.host == self.sim
+        return abs(self.diff) <= TOLERANCE[self.metric]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "op": self.op, "process": self.process, "metric": self.metric,
+                "host": self.host, "sim": self.sim, "diff": self.diff, "ok": self.ok}
+
+
+@dataclass
+class Timing:
+    step: int
+    op: str
+    pid: str
+    predicted_ns: float
+    measured_ns: int
+
+    @property
+    def ratio(self) -> float | None:
+        return self.predicted_ns / self.measured_ns if self.measured_ns else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "op": self.op, "pid": self.pid, "predicted_ns": round(self.predicted_ns),
+                "measured_ns": self.measured_ns, "ratio": self.ratio}
+
+
+@dataclass
+class Verdict:
+    """One scenario's comparison."""
+
+    scenario: str
+    path: str | None
+    rows: list[Row] = field(default_factory=list)
+    pagetables: list[tuple[int, str, int, int]] = field(default_factory=list)  # step, op, host, sim
+    timing: list[Timing] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.notes and all(r.ok for r in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "file": self.path, "ok": self.ok, "errors": self.errors,
+                "notes": self.notes, "rows": [r.to_json() for r in self.rows],
+                "pagetables_kb": [{"step": s, "op": op, "host": h, "sim": m, "diff": h - m}
+                                  for s, op, h, m in self.pagetables],
+                "timing": [t.to_json() for t in self.timing]}
+
+
+def validate(scenario: Scenario, cost: CostModel | None = None) -> Verdict:
+    """Run ``scenario`` on the host and on the simulator and compare them."""
+    cost = cost or load_profile()
+    placed = host_scenario(scenario)
+    verdict = Verdict(scenario.name, scenario.path)
+    host, host_error = run_on_host(scenario, cost)
+    if isinstance(host_error, ScenarioError):
+        raise host_error  # the scenario cannot be run here at all: a mistake in it, not a disagreement
+    try:
+        sim = run(placed, "linux", cost=cost)
+        sim_error = None
+    except ScenarioError as exc:
+        sim = exc.partial  # type: ignore[attr-defined]
+        sim_error = exc
+    if host_error is not None:
+        verdict.errors.append(f"host: {host_error}")
+    if sim_error is not None and str(sim_error) != str(host_error):
+        verdict.errors.append(f"simulator: {sim_error}")
+    verdict.notes = list(host.notes)
+    _compare(verdict, host, sim)
+    return verdict
+
+
+def _compare(verdict: Verdict, host: RunResult, sim: RunResult) -> None:
+    if len(host.steps) != len(sim.steps):
+        verdict.errors.append(f"the host ran {len(host.steps)} steps and the simulator {len(sim.steps)}")
+    for h, s in zip(host.steps, sim.steps, strict=False):
+        names = list(dict.fromkeys([*s.processes, *h.processes]))
+        for name in names:
+            hp, sp = h.processes.get(name), s.processes.get(name)
+            if hp is None or sp is None:
+                verdict.errors.append(f"step {h.index}: process {name!r} exists on "
+                                      f"{'the host' if sp is None else 'the simulator'} only")
+                continue
+            verdict.rows.append(Row(h.index, h.op, name, "alive", hp["alive"], sp["alive"]))
+            for metric in METRICS:
+                hv = hp["minflt"] + hp["majflt"] if metric == "faults" else hp[metric]
+                sv = sp["minflt"] if metric == "faults" else sp[metric]
+                verdict.rows.append(Row(h.index, h.op, name, metric, hv, sv))
+        verdict.pagetables.append((h.index, h.op, h.system["pagetables_kb"], s.system["pagetables_kb"]))
+        if h.op in TIMED_OPS:
+            verdict.timing.append(Timing(h.index, h.op, h.pid or "", s.est_ns, h.wall_ns))
+
+
+def load_all(paths: list[str]) -> list[Scenario]:
+    """Every scenario named (a directory: its *.toml files), loaded and checked before any runs."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.toml"))
+            if not found:
+                raise PtshareError(f"no scenarios (*.toml) in {p}")
+            files.extend(found)
+        else:
+            files.append(p)
+    return [load(f) for f in files]
+
+
+# --- reports ----------------------------------------------------------------------------------------
+
+def report_json(verdicts: list[Verdict]) -> str:
+    doc = {"schema": SCHEMA, "ok": all(v.ok for v in verdicts), "tolerance": TOLERANCE,
+           "scenarios": [v.to_json() for v in verdicts],
+           "timing_summary": {op: {"steps": n, "geomean_ratio": mean}
+                              for op, (n, mean) in _timing_summary(verdicts).items()}}
+    return json.dumps(doc, indent=1)
+
+
+def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
+    from ..cli.render import table
+    from ..units import format_ns
+
+    out = []
+    for v in verdicts:
+        out.append(f"{'PASS' if v.ok else 'FAIL'}  {v.scenario}  ({v.path})")
+        if summary_only and v.ok:
+            continue
+        for error in v.errors:
+            out.append(f"  error: {error}")
+        for note in v.notes:
+            out.append(f"  host measurement: {note}")
+        out.append(_indent(table(*_metric_table(v))))
+        bad = [r for r in v.rows if not r.ok and r.metric not in ("faults", "vmpte_kb", "rss_kb")]
+        for r in bad:
+            out.append(f"  step {r.step} {r.process}: {r.metric} host {r.host}, simulator {r.sim}, "
+                       f"difference {r.diff}")
+        if v.timing:
+            rows = [[t.step, t.op, t.pid, format_ns(t.predicted_ns), format_ns(t.measured_ns),
+                     "" if t.ratio is None else f"{t.ratio:.2f}"] for t in v.timing]
+            out.append("  time (cost model's estimate / measured on this host; informative, not checked):")
+            out.append(_indent(table(["step", "op", "pid", "predicted", "measured", "ratio"], rows, "rllrrr")))
+        pt = ", ".join(f"{h - m:+}" for _s, _op, h, m in v.pagetables)
+        out.append(f"  PageTables host - simulator per step, kB (machine-wide, not checked): {pt}")
+        out.append("")
+    passed = sum(v.ok for v in verdicts)
+    out.append(f"{passed} of {len(verdicts)} scenarios agree with the kernel (tolerance: "
+               f"{', '.join(f'{m} {t}' for m, t in TOLERANCE.items())}).")
+    for op, (n, mean) in _timing_summary(verdicts).items():
+        out.append(f"time, {op}: the cost model's estimate is {mean:.2f}x the measured time "
+                   f"(geometric mean over {n} steps)")
+    return "\n".join(out)
+
+
+def _metric_table(v: Verdict) -> tuple[list[str], list[list[Any]], str]:
+    headers = ["step", "op", "process"]
+    for metric in ("faults", "VmPTE kB", "RSS kB"):
+        headers += [metric, "sim", "diff"]
+    headers.append("")
+    by_key: dict[tuple[int, str], dict[str, Row]] = {}
+    for r in v.rows:
+        by_key.setdefault((r.step, r.process), {})[r.metric] = r
+    rows = []
+    for (step, process), metrics in by_key.items():
+        row: list[Any] = [step, metrics["alive"].op, process + ("" if metrics["alive"].host else " (exited)")]
+        for m in ("faults", "vmpte_kb", "rss_kb"):
+            r = metrics[m]
+            row += [r.host, r.sim, r.diff]
+        row.append("" if all(r.ok for r in metrics.values()) else "<-- differs")
+        rows.append(row)
+    return headers, rows, "rll" + "r" * 9 + "l"
+
+
+def _timing_summary(verdicts: list[Verdict]) -> dict[str, tuple[int, float]]:
+    out = {}
+    for op in TIMED_OPS:
+        ratios = [t.ratio for v in verdicts for t in v.timing if t.op == op and t.ratio]
+        if ratios:
+            out[op] = (len(ratios), math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+    return out
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+__all__ = ["SCHEMA", "TOLERANCE", "Verdict", "load_all", "report_json", "report_text", "validate"]

@@ -1,0 +1,238 @@
+"""A scenario process on the real kernel: a quiet Python interpreter that makes one scenario
+process's system calls and memory accesses when the backend asks, and counts what they cost.
+
+Run as ``python -m ptshare.host.worker SOCKET WORKSPACE OBJECTS`` (descriptor numbers, and
+``name=fd,...`` for the backing objects); a ``fork`` request makes a real child that carries on as
+a worker of its own, on a socket of its own.
+
+How the interpreter's own costs are kept out of the figures:
+
+* **Faults and time.**  Every operation is a measured call (:mod:`.measure`): machine code takes
+  the counts just before and just after it and runs nothing else in between, so the faults it
+  reports are the scenario's.  Scenario memory is touched by nothing else, so the sum over the
+  calls is the process's count.
+* **Page tables and RSS.**  ``/proc/self/status`` counts the interpreter too.  Every scenario
+  mapping lies in :data:`WINDOW`, PGD entries the interpreter never uses, so when a worker ends it
+  unmaps the whole window -- which frees every page-table page of the scenario -- and reads its
+  status again: that is the interpreter's part, which the backend subtracts from every earlier
+  reading.  This is exact when the interpreter's part did not change during the run, and the
+  worker is made so: no garbage collector, access lists passed through the workspace rather than
+  allocated, every code path run once at start (and again in a forked child, which must fault the
+  interpreter's file-backed pages back in).  The backend checks it (``backend._drift_notes``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from . import channel, syscalls
+from .measure import SYS_MADVISE, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP, SYS_MUNMAP, Cost, Meter
+from .workspace import Workspace
+
+WINDOW = (0x600000000000, 0x700000000000)  # where every scenario mapping goes: PGD entries 192-223
+_SPARE = WINDOW[1]  # an address no scenario mapping uses: the target of warm-up calls
+_STATUS = {b"VmPTE": "vmpte_kb", b"VmRSS": "rss_kb", b"RssAnon": "rss_anon_kb", b"RssFile": "rss_file_kb",
+           b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb"}
+
+
+def read_status() -> dict[str, int]:
+    """This process's page-table and RSS counters from /proc/self/status, in kB."""
+    with open("/proc/self/status", "rb") as f:
+        text = f.read()
+    out = {}
+    for line in text.split(b"\n"):
+        key, _, value = line.partition(b":")
+        if key in _STATUS:
+            out[_STATUS[key]] = int(value.split()[0])
+    return out
+
+
+class Worker:
+    """One scenario process.  ``handle`` answers one request; ``serve`` loops until end of file."""
+
+    def __init__(self, sock: socket.socket, workspace_fd: int, objects: dict[str, int]) -> None:
+        self.sock = sock
+        self.ws = Workspace(workspace_fd)
+        self.objects = objects
+        self.meter = Meter()
+        self.receiver = channel.Receiver()
+        self.minflt = 0
+        self.majflt = 0
+
+    # --- the request loop --------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message, fds = self.receiver.recv(self.sock)
+            except OSError:  # the backend went away (reset: with our last message unread)
+                message, fds = None, []
+            if message is None:
+                os._exit(0)
+            try:
+                reply = self.handle(message, fds)
+            except OSError as exc:
+                reply = {"error": str(exc)}
+            if reply is not None:
+                self._send(reply)
+            if message["op"] == "finish":
+                os._exit(0)
+
+    def handle(self, m: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
+        op = m["op"]
+        if op == "status":
+            return {"raw": read_status(), "minflt": self.minflt, "majflt": self.majflt}
+        if op == "fork":
+            return self.fork(socket.socket(fileno=fds[0]))
+        if op == "finish":
+            return self.finish()
+        ops = {"mmap": self.mmap, "munmap": self.munmap, "mprotect": self.mprotect, "madvise": self.madvise,
+               "mremap": self.mremap, "touch": self.touch}
+        if op not in ops:
+            return {"error": f"unknown request {op!r}"}
+        cost = ops[op](m)
+        self.minflt += cost.minflt
+        self.majflt += cost.majflt
+        return {"minflt": cost.minflt, "majflt": cost.majflt, "ns": cost.ns}
+
+    # --- the requests: each is one or more measured calls --------------------------------------
+
+    def mmap(self, m: dict[str, Any]) -> Cost:
+        addr, length = m["addr"], m["length"]
+        fd = -1 if m["object"] is None else self.objects[m["object"]]
+        flags = (syscalls.MAP_SHARED if m["shared"] else syscalls.MAP_PRIVATE)
+        flags |= syscalls.MAP_FIXED if m["fixed"] else syscalls.MAP_FIXED_NOREPLACE
+        if fd < 0:
+            flags |= syscalls.MAP_ANONYMOUS
+        got, cost = self.meter.syscall(SYS_MMAP, addr, length, syscalls.PROTS[m["prot"]], flags, fd, m["offset"])
+        if got != addr:
+            raise OSError(0, f"mmap placed the mapping at {got:#x}, not at {addr:#x}")
+        if m["kind"] != "hugetlb":  # THP off: the scenario's pages are 4 KiB pages
+            cost += self.meter.syscall(SYS_MADVISE, addr, length, syscalls.MADV_NOHUGEPAGE)[1]
+        if m["kind"] == "file":  # no read-ahead: the model reads in the faulting page only
+            cost += self.meter.syscall(SYS_MADVISE, addr, length, syscalls.MADV_RANDOM)[1]
+        return cost
+
+    def munmap(self, m: dict[str, Any]) -> Cost:
+        return self.meter.syscall(SYS_MUNMAP, m["addr"], m["length"])[1]
+
+    def mprotect(self, m: dict[str, Any]) -> Cost:
+        return self.meter.syscall(SYS_MPROTECT, m["addr"], m["length"], syscalls.PROTS[m["prot"]])[1]
+
+    def madvise(self, m: dict[str, Any]) -> Cost:
+        return self.meter.syscall(SYS_MADVISE, m["addr"], m["length"], syscalls.MADV_DONTNEED)[1]
+
+    def mremap(self, m: dict[str, Any]) -> Cost:
+        addr, target = m["addr"], m["new_addr"]
+        flags = 0 if target == addr else syscalls.MREMAP_MAYMOVE | syscalls.MREMAP_FIXED
+        got, cost = self.meter.syscall(SYS_MREMAP, addr, m["old"], m["new"], flags, target)
+        if got != target:
+            raise OSError(0, f"mremap moved the mapping to {got:#x}, not to {target:#x}")
+        return cost
+
+    def touch(self, m: dict[str, Any]) -> Cost:
+        """Read or write one byte at each access: ``n`` accesses ``stride`` bytes apart from ``base``,
+        or at the ``n`` offsets the backend wrote into the workspace."""
+        if "stride" in m:
+            return self.meter.touch(m["base"], m["n"], m["write"], stride=m["stride"])
+        return self.meter.touch(m["base"], m["n"], m["write"], offsets=m.get("offsets", self.ws.idx_addr))
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def fork(self, child_sock: socket.socket | None) -> dict[str, Any] | None:
+        """A real fork.  The child takes ``child_sock`` as its channel, warms up and says hello;
+        with no socket (a warm-up fork) it exits at once."""
+        pid, cost = self.meter.fork()
+        if pid == 0:
+            if child_sock is None:
+                os._exit(0)
+            self.meter.close()  # its data page is the parent's, which is still reading its counts
+            self.meter = Meter()
+            self.sock.close()
+            self.sock = child_sock
+            self.minflt = self.majflt = 0  # the kernel starts a child's counts at 0
+            self.start()
+            return None
+        if child_sock is None:
+            _wait_gone(pid)
+            return None
+        child_sock.close()
+        self.minflt += cost.minflt
+        self.majflt += cost.majflt
+        return {"minflt": cost.minflt, "majflt": cost.majflt, "ns": cost.ns, "child": pid}
+
+    def finish(self) -> dict[str, Any]:
+        """Unmap the whole window (the scenario's mappings and every table under them) and report
+        what is left: the interpreter's own part.  The worker exits after replying."""
+        _, cost = self.meter.syscall(SYS_MUNMAP, WINDOW[0], WINDOW[1] - WINDOW[0])
+        return {"interp": read_status(), "ns": cost.ns}
+
+    def start(self) -> None:
+        """Warm up, then say hello with this process's pid and its interpreter-only status."""
+        self.warm_up()
+        threads = len(os.listdir("/proc/self/task"))
+        self._send({"hello": os.getpid(), "interp": read_status(), "threads": threads})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            channel.send(self.sock, message)
+        except OSError:  # the backend went away: so does this worker
+            os._exit(0)
+
+    def warm_up(self) -> None:
+        """Run every code path once (twice: the second run finds everything in place), on targets
+        outside the window, so that the interpreter faults and allocates nothing new later."""
+        saved = self.minflt, self.majflt
+        self.ws.fault_in()
+        self.meter.fault_in()
+        spare = {"addr": _SPARE, "length": 4096}
+        for _ in range(2):
+            read_status()
+            for write in (False, True):
+                self.handle({"op": "touch", "base": self.ws.scratch, "n": 1, "stride": 4096, "write": write}, [])
+                self.handle({"op": "touch", "base": self.ws.scratch, "n": 1, "write": write,
+                             "offsets": self.ws.zero_offsets}, [])
+            self.handle({"op": "mmap", **spare, "prot": "r", "object": None, "shared": False, "fixed": False,
+                         "kind": "file", "offset": 0}, [])
+            self.handle({"op": "mprotect", **spare, "prot": "rw"}, [])
+            self.handle({"op": "madvise", **spare}, [])
+            self.handle({"op": "mremap", "addr": _SPARE, "old": 4096, "new": 4096, "new_addr": _SPARE}, [])
+            self.handle({"op": "munmap", **spare}, [])
+            self.fork(None)
+        self.minflt, self.majflt = saved
+
+
+def _wait_gone(pid: int) -> None:
+    """Wait until process ``pid`` has exited (it is auto-reaped: SIGCHLD is ignored)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the backend decides when a worker ends
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    gc.disable()
+    sock = socket.socket(fileno=int(argv[0]))
+    objects = {}
+    for item in filter(None, argv[2].split(",")):
+        name, _, fd = item.rpartition("=")
+        objects[name] = int(fd)
+    worker = Worker(sock, int(argv[1]), objects)
+    worker.start()
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
