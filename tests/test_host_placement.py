@@ -116,10 +116,9 @@ def test_kernel_placement_follows_the_modelled_alignment(files, case):
     assert _follows(simulator, rule), [(hex(a), flush) for a, flush in simulator]
 
 
-@pytest.mark.xfail(strict=True, reason="known simulator disagreement: mremap grows in place only below mmap_base")
 def test_mremap_grows_in_place_across_mmap_base():
-    """Linux grows a mapping in place whenever the addresses after it are free (vma_expandable), also
-    above mmap_base, where nothing is usually mapped; the simulator moves it instead."""
+    """Linux grows a mapping in place whenever the addresses after it are free and below TASK_SIZE
+    (vma_expandable), also above mmap_base, where nothing is usually mapped."""
     top = 0x700000000000
     addr = syscalls.mmap(top - 8 * MiB, 8 * MiB, RW,
                          syscalls.MAP_PRIVATE | syscalls.MAP_ANONYMOUS | syscalls.MAP_FIXED_NOREPLACE)

@@ -60,8 +60,8 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_ad
 
                 do_munmap(k, mm, addr + new_size, old_size - new_size)
             return addr
-        if addr + old_size == vma.vm_end and not mm.vmas_between(vma.vm_end, addr + new_size) \
-                and addr + new_size <= mm.mmap_base:
+        if addr + old_size == vma.vm_end and addr + new_size <= mm.task_size \
+                and not mm.vmas_between(vma.vm_end, addr + new_size):  # vma_expandable()
             vma.vm_end = addr + new_size
             return addr
     return move_vma(k, mm, vma, addr, old_size, new_size, new_addr)
