@@ -115,6 +115,7 @@ class System:
             raise SimulationError(f"a process named {name!r} already exists; names must be unique")
 
     def _after(self) -> None:
+        self.k.tlb_finish()
         if self.check:
             from .oracle.invariants import check
 
@@ -172,9 +173,8 @@ class System:
     def _run(self, task: Task, op):
         try:
             return op()
-        except MmError as exc:
-            raise SimulationError(str(exc)) from None
-        except OutOfMemory as exc:
+        except (MmError, OutOfMemory) as exc:
+            self.k.tlb_finish()
             raise SimulationError(str(exc)) from None
 
     # --- mappings --------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Kernel:
         self.share_index: dict[tuple, np.ndarray] = {}  # shareable tables by partner key (ptshare.py)
         self.share_where: dict[int, tuple[tuple, int]] = {}
         self.read_log: list[tuple[str, np.ndarray, np.ndarray]] | None = None  # (task, addrs, stamps)
+        self.flush_all_pending = False  # an unshare since the last tlb_finish()
 
     @property
     def top(self) -> DirStore:
@@ -69,6 +70,17 @@ class Kernel:
         self.frames.free_pgtables(1)
         self.events.add("pgtable_free")
         mm.dead = True
+
+    def tlb_finish(self) -> None:
+        """End of an operation: one flush on every CPU if it unshared any table.
+
+        Unsharing leaves other CPUs holding this mm's stale paging-structure entries, so every CPU
+        must flush; like ``tlb_finish_mmu()`` the flush is batched, once per operation however
+        many tables it let go (``pt_unshared`` counts those).
+        """
+        if self.flush_all_pending:
+            self.flush_all_pending = False
+            self.events.add("tlb_flush_all")
 
     def new_pid(self) -> int:
         return next(self._pids)

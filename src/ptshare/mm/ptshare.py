@@ -209,9 +209,9 @@ def _let_go(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
 def release(k: Kernel, mm: MM, lvl: int, sid: int) -> bool:
     """``mm`` stops using shared table ``sid`` (the caller clears its entry).
 
-    With other users left this is an unshare: the table stays, every CPU's TLB is flushed, and
-    the mm refaults into a table of its own.  Returns False when ``mm`` was the last user: the
-    caller then zaps and frees the table as its own.
+    With other users left this is an unshare: the table stays, every CPU's TLB is flushed at the
+    end of the operation (``Kernel.tlb_finish``), and the mm refaults into a table of its own.
+    Returns False when ``mm`` was the last user: the caller then zaps and frees the table as its own.
     """
     users = int(k.shared.users[sid])
     if users <= 1:
@@ -220,7 +220,7 @@ def release(k: Kernel, mm: MM, lvl: int, sid: int) -> bool:
     account_mm(mm, lvl, -1)
     _let_go(k, mm, lvl, sid)
     k.events.add("pt_unshared")
-    k.events.add("tlb_flush_all")
+    k.flush_all_pending = True
     return True
 
 
