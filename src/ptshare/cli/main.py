@@ -122,23 +122,6 @@ def cmd_policies(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from ..scenario import load
-
-    shipped = sorted(Path(args.scenarios).glob("*.toml"))
-    if not shipped:
-        raise UsageError(f"no scenarios (*.toml) in {args.scenarios}")
-    args.check = False
-    for path in shipped:
-        scenario = load(path)
-        results, error = _run_all(scenario, _policies(args.policy), args)
-        if error is not None:
-            raise error
-        print(render.compare_table(results))
-        print()
-    return 0
-
-
 # Modules that add their own subcommands: each has register(subparsers) -> None.
 COMMAND_MODULES = ("ptshare.host.cli", "ptshare.snapshot.cli", "ptshare.calibrate.cli", "ptshare.bench.cli",
                    "ptshare.experiments.cli")
@@ -173,12 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_policies)
 
-    p = sub.add_parser("demo", help="compare every policy on every shipped scenario")
-    p.add_argument("--scenarios", default=str(Path(__file__).resolve().parents[3] / "scenarios"),
-                   help="a directory of scenario files")
-    p.add_argument("--policy", default=",".join(POLICIES))
-    p.add_argument("--profile")
-    p.set_defaults(func=cmd_demo)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

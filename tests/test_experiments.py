@@ -1,0 +1,232 @@
+"""The experiments: every sentence's claim checked against the data its figure draws (at quick sizes)."""
+
+import itertools
+import json
+import re
+
+import pytest
+
+from ptshare.cli.main import main
+from ptshare.experiments import EXPERIMENTS, ResultsDB, run_experiment
+from ptshare.experiments.base import LABELS, Outcome, Series, sig
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    db = ResultsDB(tmp_path_factory.mktemp("exp") / "results.db")
+    out = {}
+    for name, exp in EXPERIMENTS.items():
+        out[name], _ = run_experiment(exp, exp.params(quick=True), db, progress=False)
+    db.close()
+    return out
+
+
+def series(outcome: Outcome, panel: int, name: str) -> Series:
+    return next(s for s in outcome.figure.panels[panel].series if s.name == name)
+
+
+def text(outcome: Outcome) -> str:
+    return " ".join(outcome.sentences)
+
+
+def test_every_experiment_has_a_figure_a_table_and_sentences(outcomes):
+    assert list(outcomes) == ["fork-vs-segment", "lazy-tradeoff", "fork-exec", "database", "aslr", "worst-cases"]
+    for o in outcomes.values():
+        assert o.figure.panels and all(p.series for p in o.figure.panels)
+        assert o.table.rows and all(len(r) == len(o.table.headers) for r in o.table.rows)
+        assert 2 <= len(o.sentences) <= 4 and all(s.endswith(".") for s in o.sentences)
+
+
+def test_fork_vs_segment_claims(outcomes):
+    o = outcomes["fork-vs-segment"]
+    sizes = o.params["sizes_gib"]
+    eager = series(o, 0, LABELS["eager"]).y
+    assert all(b > a for a, b in itertools.pairwise(eager)), "eager fork grows with the segment"
+    slope = (eager[-1] - eager[0]) / ((sizes[-1] - sizes[0]) * (1 << 30)) * 100e6
+    assert o.facts["eager_ms_per_100mb"] == pytest.approx(slope, rel=1e-6)
+    assert f"{slope:.2f} ms per 100 MB" in o.sentences[0]
+    assert f"{eager[-1]:.1f} ms at 256 MiB" in o.sentences[0]
+    for p in ("lazy", "linux"):
+        ys = series(o, 0, LABELS[p]).y
+        assert max(ys) / min(ys) < 1.05, f"{p} fork is flat"
+        assert max(ys) < eager[1]
+    assert f"{max(series(o, 0, LABELS['linux']).y):.3f} ms at every size" in o.sentences[2]
+    shared = series(o, 0, LABELS["shared-pt"]).y
+    assert all(s < e for s, e in zip(shared[1:], eager[1:], strict=True))
+    assert f"{shared[-1]:.2f} ms at 256 MiB" in o.sentences[2]
+    ratio = o.facts["published_ns_per_pte"] / o.facts["eager_ns_per_pte"]
+    assert f"{ratio:.0f} times more" in o.sentences[1]
+
+
+def test_lazy_tradeoff_claims(outcomes):
+    o = outcomes["lazy-tradeoff"]
+    panel = o.figure.panels[0]
+    eager = series(o, 0, LABELS["eager"])
+    for p in ("lazy", "linux"):
+        x = o.facts[f"{p}_breakeven_pct"]
+        assert x is not None and f"less than {x:.1f}%" in o.sentences[0]
+        ys = series(o, 0, LABELS[p]).y
+        for pct, y, e in zip(eager.x, ys, eager.y, strict=True):
+            assert (y <= e) if pct < x else (y > e), f"{p} at {pct}%: {y} vs eager {e}"
+        assert any(v[1] == pytest.approx(x) for v in panel.vlines)
+        assert ys[-1] > eager.y[-1]
+        assert f"{ys[-1]:.1f} ms under" in o.sentences[1]
+    shared = series(o, 0, LABELS["shared-pt"]).y
+    assert max(shared) < min(eager.y)
+    assert o.facts["shared-pt_faults_max"] == 0 and "0 faults" in o.sentences[2]
+
+
+def test_fork_exec_claims(outcomes):
+    o = outcomes["fork-exec"]
+    child = {p: series(o, 0, LABELS[p]).y for p in o.params["policies"]}
+    for p, ys in child.items():
+        assert f"{ys[-1]:.1f} ms under" in o.sentences[0]
+        if p != "eager":
+            assert all(y < e for y, e in zip(ys, child["eager"], strict=True))
+    rewrites = series(o, 3, "parent's write faults").y
+    assert len(set(rewrites)) == 1, "the parent's write faults are the same under every policy"
+    assert f"({rewrites[0]:.1f} ms)" in o.sentences[2]
+    linux = o.params["policies"].index("linux")
+    total = sum(series(o, i, part).y[linux] for i, part in ((1, "fork"), (2, "exec"), (3, "parent's write faults")))
+    assert f"{100 * rewrites[linux] / total:.0f}% of the total" in o.sentences[2]
+    assert f"{o.facts['linux_ptes_copied']:,} PTEs" in o.sentences[1]
+
+
+def test_database_claims(outcomes):
+    o = outcomes["database"]
+    policies = o.params["policies"]
+    for p in policies:
+        peak = max(series(o, 0, LABELS[p]).y)
+        assert f"{sig(peak)} MiB under" in o.sentences[0]
+    faults = dict(zip(series(o, 1, "faults per transaction").x, series(o, 1, "faults per transaction").y,
+                      strict=True))
+    times = dict(zip(series(o, 2, "µs per transaction").x, series(o, 2, "µs per transaction").y, strict=True))
+    for p in policies:
+        assert f"{sig(faults[p])} faults and {sig(times[p])} µs" in o.sentences[1]
+    assert faults["shared-pt"] < faults["linux"] < faults["lazy"]
+    assert o.facts["cheapest"] == min(times, key=times.get)
+    linux, shared = series(o, 3, "Linux 6.18").y, series(o, 3, "shared page tables (2006)").y
+    freed = series(o, 3, "freed by sharing").y
+    assert freed == pytest.approx([a - b for a, b in zip(linux, shared, strict=True)])
+    assert f"free {sig(freed[-1])} GB" in o.sentences[2]
+
+
+def test_aslr_claims(outcomes):
+    o = outcomes["aslr"]
+    bits = o.params["bits"]
+    rates = [s.y for s in o.figure.panels[0].series]
+    assert all(r[0] == 100 for r in rates), "at 0 bits every process shares"
+    for n, r in enumerate(rates):
+        b = o.facts[f"v{n}_below_half"]
+        if b is None:
+            assert min(r) >= 50
+        else:
+            i = bits.index(b)
+            assert r[i] < 50 and all(v >= 50 for v in r[:i])
+    assert rates[0][-1] < 50 <= rates[4][-1], "at 28 bits only 1 GiB-aligned hugetlb still shares"
+    assert f"{rates[0][-1]:.0f}% at 28" in o.sentences[0]
+    assert f"1 GiB-aligned, {min(rates[4]):.0f}%" in o.sentences[2]
+
+
+def test_worst_cases_claims(outcomes):
+    o = outcomes["worst-cases"]
+    sga = dict(zip(series(o, 0, "page tables").x, series(o, 0, "page tables").y, strict=True))
+    huge = dict(zip(series(o, 1, "page tables").x, series(o, 1, "page tables").y, strict=True))
+    assert f"{sig(sga[LABELS['linux']])} GiB of page tables under Linux 6.18" in o.sentences[0]
+    assert sga[LABELS["shared-pt-2005"]] < sga[LABELS["shared-pt"]] < sga[LABELS["linux"]]
+    saved = huge[LABELS["linux-no-pmd-share"]] - huge[LABELS["linux"]]
+    assert saved > 0 and f"{sig(saved)} GiB saved" in o.sentences[2]
+    assert o.notes, "a scaled-down run says the published figures are for the full size"
+
+
+def test_sentences_are_computed_not_fixed(tmp_path):
+    """Other parameters, other numbers: the same sentence changes with the data."""
+    exp = EXPERIMENTS["lazy-tradeoff"]
+    db = ResultsDB(tmp_path / "r.db")
+    a, _ = run_experiment(exp, exp.params(quick=True), db, progress=False)
+    b, _ = run_experiment(exp, exp.params({"policies": ["eager", "linux"]}, quick=True), db, progress=False)
+    c, _ = run_experiment(exp, exp.params({"segment_gib": 0.125}, quick=True), db, progress=False)
+    assert a.sentences[0] != b.sentences[0] and "lazy copy" not in b.sentences[0]
+    assert a.facts["eager_ms"] != c.facts["eager_ms"] and a.sentences[1] != c.sentences[1]
+
+
+def test_rerun_reuses_the_stored_runs(tmp_path):
+    exp = EXPERIMENTS["fork-exec"]
+    db = ResultsDB(tmp_path / "r.db")
+    first, tally = run_experiment(exp, exp.params(quick=True), db, progress=False)
+    assert tally.ran == 8 and tally.reused == 0
+    again, tally = run_experiment(exp, exp.params(quick=True), db, progress=False)
+    assert tally.ran == 0 and tally.reused == 8
+    assert again.sentences == first.sentences
+    assert len(db.runs()) == 8
+
+
+def test_experiment_command_json(tmp_path, capsys):
+    db = str(tmp_path / "r.db")
+    assert main(["experiment", "fork-exec", "--quick", "--format", "json", "--db", db]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "ptshare.experiment/1" and doc["experiment"] == "fork-exec"
+    assert doc["runs"] == {"made": 8, "reused": 0} and len(doc["sentences"]) == 3
+    assert main(["experiment", "fork-exec", "--quick", "--db", db, "--figure", str(tmp_path / "f.svg")]) == 0
+    out = capsys.readouterr().out
+    assert "8 runs (0 made now, 8 reused)" in out and out.count("* ") == 3
+    assert (tmp_path / "f.svg").read_text().startswith("<svg")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["experiment", "nope"], "unknown experiment 'nope'; experiments: fork-vs-segment, "),
+    (["experiment", "aslr", "--set", "nope=1"], "experiment aslr has no parameter 'nope'; its parameters: bits"),
+    (["experiment", "aslr", "--set", "bits"], "--set 'bits': write KEY=VALUE"),
+    (["experiment", "aslr", "--set", "processes=many"], "--set processes=many: the value must be a whole number"),
+    (["experiment", "aslr", "--set", "processes=1"], "processes must be at least 2"),
+    (["experiment", "database", "--set", "policies=eager,bogus"], "policies: unknown policy 'bogus'"),
+    (["experiment", "aslr", "--with-host"], "--with-host applies to fork-vs-segment only"),
+    (["experiment", "aslr", "--figure", "x.pdf"], "--figure x.pdf: the file name must end in .png or .svg"),
+    (["results", "--experiment", "nope"], "unknown experiment 'nope'"),
+    (["results", "--export", "runs.xlsx"], "the file name must end in .csv or .parquet"),
+])
+def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, argv, message):
+    ResultsDB(tmp_path / "r.db").close()
+    assert main([*argv, "--db", str(tmp_path / "r.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_with_host_when_the_host_backend_is_unavailable(tmp_path, capsys, monkeypatch):
+    import ptshare.experiments.runner as runner
+
+    monkeypatch.setattr(runner, "host_unavailable", lambda: "the host backend needs Linux; this is plan9")
+    assert main(["experiment", "fork-vs-segment", "--with-host", "--quick", "--db", str(tmp_path / "r.db")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"ptshare: the host backend is unavailable, so --with-host cannot run: the host backend "
+                        r"needs Linux; this is plan9\n", err)
+    assert not (tmp_path / "r.db").exists(), "nothing is stored for a run that cannot start"
+
+
+def test_a_file_that_is_not_a_database(tmp_path, capsys):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not sqlite at all, " * 100)
+    assert main(["results", "--db", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be used as a ptshare results database" in err
+
+
+def test_progress_bar_moves_inside_runs_and_is_erased():
+    import io
+
+    from ptshare.experiments.progress import RunsBar
+
+    stream = io.StringIO()
+    bar = RunsBar("database", 4, stream=stream, delay=0, enabled=True)
+    step = bar.run(2, "churn:linux")
+    bar._last = 0.0
+    step(1, 2)
+    drawn = stream.getvalue().split("\r")[-1]
+    assert drawn.startswith("database [###############.........] run 3/4 churn:linux")
+    bar.close()
+    assert stream.getvalue().endswith("\r" + " " * 100 + "\r")
+    quiet = io.StringIO()
+    silent = RunsBar("x", 1, stream=quiet)  # not a terminal: nothing drawn
+    silent.run(0, "a")(1, 1)
+    silent.close()
+    assert quiet.getvalue() == ""

@@ -1,0 +1,143 @@
+"""The results database: a run killed half-way keeps what finished, a re-run completes it; ``ptshare results``."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ptshare.cli.main import main
+from ptshare.experiments import EXPERIMENTS, ResultsDB, run_experiment
+
+QUICK_RUNS = sum(len(e.plan(e.params(quick=True))) for e in EXPERIMENTS.values())
+
+
+def _ptshare(*argv: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ptshare", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _rows(path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+def _wait_for_rows(proc: subprocess.Popen, path, n: int, limit: float = 120) -> int:
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        if (rows := _rows(path)) >= n:
+            return rows
+        time.sleep(0.01)
+    pytest.fail(f"the run ended or stalled before storing {n} runs: {proc.poll()}")
+
+
+def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path):
+    out = tmp_path / "report"
+    db = out / "results.db"
+    proc = _ptshare("demo", "--quick", "--out", str(out))
+    _wait_for_rows(proc, db, QUICK_RUNS // 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        kept = conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM runs").fetchone()
+    assert QUICK_RUNS // 3 <= kept[0] < QUICK_RUNS and kept[0] == kept[1]
+
+    # the report can be written from what survived; it says what is missing
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "partial")]) == 0
+    html = (tmp_path / "partial" / "report.html").read_text()
+    assert html.count("<figure") < len(EXPERIMENTS)
+
+    proc = _ptshare("demo", "--quick", "--out", str(out))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stdout.strip().splitlines()[-1] == str(out / "report.html")
+    reused = sum(int(line.split(", ")[1].split()[0]) for line in stdout.splitlines() if line.endswith("reused)"))
+    assert reused == kept[0], "the re-run reuses every stored run and makes only the missing ones"
+    with ResultsDB(db) as results:
+        assert len(results.runs()) == QUICK_RUNS
+    html = (out / "report.html").read_text()
+    assert html.count("<figure") == len(EXPERIMENTS) and "Incomplete" not in html
+    assert len(list((out / "figures").glob("*.png"))) == len(EXPERIMENTS)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_finished_runs(tmp_path):
+    db = tmp_path / "r.db"
+    bits = ",".join(str(b) for b in range(29))
+    proc = _ptshare("experiment", "aslr", "--quick", "--set", f"bits={bits}", "--db", str(db))
+    _wait_for_rows(proc, db, 10)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the experiment finished before the interrupt arrived")
+    assert proc.returncode == 130 and stderr == "ptshare: interrupted\n"
+    with ResultsDB(db) as results:
+        kept = len(results.runs())
+        record = results.latest_experiments()[0]
+    assert 10 <= kept < 145 and record.finished is None
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"Incomplete: {kept} of 145 runs are stored" in html
+    assert f"<code>ptshare experiment aslr --db {db} --quick --set bits={bits}</code>" in html
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    path = tmp_path_factory.mktemp("results") / "r.db"
+    with ResultsDB(path) as db:
+        for name in ("fork-exec", "lazy-tradeoff"):
+            exp = EXPERIMENTS[name]
+            run_experiment(exp, exp.params(quick=True), db, progress=False)
+    return str(path)
+
+
+def test_results_lists_and_filters(stored, capsys):
+    assert main(["results", "--db", stored]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("24 runs") and "fork-exec" in out and "lazy-tradeoff" in out
+    assert main(["results", "--db", stored, "--experiment", "fork-exec", "--policy", "linux", "--format", "json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert len(runs) == 2 and {r["policy"] for r in runs} == {"linux"}
+    assert {r["scenario"] for r in runs} == {"fork-exec-128MiB", "fork-exec-256MiB"}
+    run = runs[0]
+    assert run["backend"] == "sim" and run["version"] and run["profile"] == "default"
+    assert len(run["scenario_hash"]) == 64 and run["scenario_json"]["name"] == run["scenario"]
+    assert run["params"] == {"size_gib": 0.125} and run["metrics"]["fork_ns"] > 0
+    assert main(["results", "--db", stored, "--scenario", "lazy-tradeoff-*-1", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+def test_results_export_csv(stored, tmp_path, capsys):
+    path = tmp_path / "runs.csv"
+    assert main(["results", "--db", stored, "--experiment", "lazy-tradeoff", "--export", str(path)]) == 0
+    assert capsys.readouterr().out == f"16 runs written to {path}\n"
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 16 and {"scenario_hash", "param.fraction", "metric.fork_ns", "metric.child_faults"} <= set(
+        rows[0])
+    assert main(["results", "--db", stored, "--experiment", "fork-exec", "--format", "csv"]) == 0
+    assert len(list(csv.DictReader(capsys.readouterr().out.splitlines()))) == 8
+
+
+def test_results_export_parquet(stored, tmp_path, capsys):
+    path = tmp_path / "runs.parquet"
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        assert main(["results", "--db", stored, "--export", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err == ("ptshare: writing Parquet needs pyarrow, which is not installed here (pip install pyarrow); "
+                       "or export to a .csv file\n")
+        return
+    assert main(["results", "--db", stored, "--export", str(path)]) == 0
+    assert pq.read_table(path).num_rows == 24
