@@ -54,3 +54,45 @@ def test_relro_layout_forks_as_linux_does():
         s.fork("pm", "c")
         assert s.events()["ptes_copied"] == 16
         assert s.process("c")["pt_shared_kb"] == shared_kb  # the read-only part's two whole tables
+
+
+def _dirty_file(policy: str) -> tuple[System, int]:
+    """A shared disk-file mapping: its first half written (dirty PTEs), its second half only read."""
+    s = System(policy, aslr_bits=0, check=True)
+    s.create_object("f", "file", 4 * MiB)
+    s.spawn("p")
+    a = s.mmap("p", object="f", shared=True, addr=BASE, fixed=True)
+    s.touch("p", a, 2 * MiB, write=True)
+    s.touch("p", a + 2 * MiB, 2 * MiB)
+    return s, a
+
+
+def test_mprotect_makes_dirty_pages_of_a_shared_file_writable_again():
+    # can_change_pte_writable(): a shared mapping's PTE regains write permission at mprotect if it
+    # is dirty; clean ones wait for page_mkwrite (host-checked: scenarios/validate/file-mprotect-writenotify.toml).
+    s, a = _dirty_file("linux")
+    s.mprotect("p", a, 4 * MiB, "r")
+    s.mprotect("p", a, 4 * MiB, "rw")
+    faults = s.process("p")["minflt"]
+    s.touch("p", a, 2 * MiB, write=True)
+    assert s.process("p")["minflt"] == faults
+    s.touch("p", a + 2 * MiB, 2 * MiB, write=True)
+    assert s.process("p")["minflt"] == faults + 512
+    s.munmap("p", a, MiB)  # the marks go with the entries: the invariant checker runs after each step
+    s.mprotect("p", a + MiB, 3 * MiB, "r")
+    assert s.k.stores[0].wp_dirty
+    s.exit("p")
+    assert not s.k.stores[0].wp_dirty
+
+
+def test_a_forked_copy_of_a_shared_mapping_is_clean():
+    # copy_present_pte() cleans the child's PTEs of a shared mapping: only the parent's dirty
+    # entries become writable when write permission returns (eager is the policy that copies them).
+    s, a = _dirty_file("eager")
+    s.mprotect("p", a, 4 * MiB, "r")
+    s.fork("p", "c")
+    for name in ("p", "c"):
+        s.mprotect(name, a, 4 * MiB, "rw")
+        faults = s.process(name)["minflt"]
+        s.touch(name, a, 2 * MiB, write=True)
+        assert s.process(name)["minflt"] - faults == (0 if name == "p" else 512)

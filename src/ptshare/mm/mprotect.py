@@ -14,6 +14,7 @@ from ..arch import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PTRS_PER_TABLE,
+    bitmap_pack,
     entry_tag,
     entry_value,
     leaf_explicit,
@@ -79,9 +80,11 @@ def change_protection(k: Kernel, mm: MM, vma: VMA) -> None:
     """Models change_protection() for the whole of ``vma`` after its flags changed.
 
     Write permission is removed from every present entry.  It is granted where Linux 6.x grants
-    it without a fault: every entry of a shared mapping whose object does not track dirtying, and,
-    in a private writable mapping, entries mapping an anonymous page no other mapping shares
-    (``can_change_private_pte_writable``).  Everything else gains write access at the next fault.
+    it without a fault (``can_change_pte_writable()``): every entry of a shared mapping whose
+    object does not track dirtying; the dirty entries of a shared mapping whose object does (a
+    disk file: its writable entries are dirty, and stay dirty while write-protected); and, in a
+    private writable mapping, entries mapping an anonymous page no other mapping shares.
+    Everything else gains write access at the next fault.
     """
     for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=True):
         pud = k.stores[PUD]
@@ -130,10 +133,13 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
     lo = np.clip((vma.vm_start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((vma.vm_end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     mask = range_bits(lo, hi) & present
+    writenotify = vma.is_shared and vma.obj is not None and vma.obj.writenotify
     if grant_shared:
         grant = mask
     elif grant_private:
         grant = mask & (pfn > 0) & ((frames.flags[pfn] & (PG_ANON | PG_EXCLUSIVE)) == (PG_ANON | PG_EXCLUSIVE))
+    elif writenotify and vma.vm_flags & VM_WRITE:
+        grant = mask & pte.wp_dirty_of(cids)
     else:
         grant = np.zeros_like(mask)
     new_write = np.where(mask, grant, write)
@@ -144,11 +150,12 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
     for n in np.flatnonzero(changed).tolist():
         if sids[n]:
             cid = k.shared.cow_content(int(sids[n]))
-            pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
         else:
             (cid,) = pte.cow(np.array([cids[n]]))
-            pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
             entries[i0 + rows[n]] = mk_table(cid)
+        pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
+        if writenotify:  # write-protected entries keep their dirty bit
+            pte.mark_wp_dirty(cid, bitmap_pack(write[n:n + 1] & ~new_write[n:n + 1])[0])
 
 
 def do_madvise_dontneed(k: Kernel, mm: MM, start: int, length: int) -> None:

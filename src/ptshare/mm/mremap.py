@@ -19,6 +19,7 @@ from ..arch import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PTRS_PER_TABLE,
+    bitmap_pack,
     entry_tag,
     mk_table,
 )
@@ -104,18 +105,20 @@ def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_a
         addrs = np.arange(old_addr, old_addr + length, step, dtype=np.int64)
     else:
         addrs = np.arange(old_addr, old_addr + length, PAGE_SIZE, dtype=np.int64)
-    present, write, pfn = lookup(k, mm, addrs)
+    dirty = np.zeros(len(addrs), dtype=bool)
+    present, write, pfn = lookup(k, mm, addrs, wp_dirty=dirty)
     if not present.any():
         return
     src = addrs[present]
     dst = src - old_addr + new_addr
-    _install(k, mm, new, dst, write[present], pfn[present])
+    _install(k, mm, new, dst, write[present], pfn[present], dirty[present])
     _clear(k, mm, src)
     k.events.add("ptes_moved", len(src))
     k.events.add("tlb_flush_mm")
 
 
-def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray) -> None:
+def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray,
+             dirty: np.ndarray) -> None:
     from ..arch import mk_leaf
 
     acc = Accesses.explicit(addrs)
@@ -133,7 +136,7 @@ def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, 
                 if vma.is_hugetlb:
                     entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
                     continue
-                _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd])
+                _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
 
 
 def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:
@@ -151,7 +154,7 @@ def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:
 
 
 def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
-                  write: np.ndarray, pfn: np.ndarray) -> None:
+                  write: np.ndarray, pfn: np.ndarray, dirty: np.ndarray) -> None:
     from ..arch import entry_value
 
     pte = k.stores[PTE]
@@ -171,6 +174,11 @@ def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addr
     w[inv, ent] = write
     f[inv, ent] = pfn
     pte.store(cids, present, w, f)
+    if dirty.any():  # move_ptes() moves the dirty bit with the entry
+        d = np.zeros_like(present)
+        d[inv, ent] = dirty
+        for n in np.flatnonzero(d.any(axis=1)).tolist():
+            pte.mark_wp_dirty(int(cids[n]), bitmap_pack(d[n:n + 1])[0])
 
 
 def _clear(k: Kernel, mm: MM, addrs: np.ndarray) -> None:

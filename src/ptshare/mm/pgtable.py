@@ -101,6 +101,14 @@ class PteStore(_Store):
     ``row[id]`` indexes ``pfn`` (a 512-entry row of explicit frame numbers: anonymous, zero or
     private-copy pages) or is 0 when every present entry maps its file page implicitly (row 0 of
     ``pfn`` is never used).
+
+    The dirty bit is kept only where the write bit does not imply it: ``wp_dirty[id]`` (packed)
+    marks entries that are dirty but write-protected, as mprotect leaves the PTEs of a shared
+    disk-file mapping it makes read-only (a writable entry of such a mapping is always dirty:
+    only a write fault makes it writable).  Linux makes those writable again at once when write
+    permission comes back (``can_change_pte_writable()``: ``pte_dirty``).  Few tables ever have
+    such entries, so the mask is a dict; it never outlives the entries (:meth:`store` keeps it a
+    subset of present and not writable).
     """
 
     _columns = (("present", 0), ("write", 0), ("row", 0))
@@ -115,6 +123,7 @@ class PteStore(_Store):
         self.pfn = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
         self._rows_next = 1
         self._rows_free: list[int] = []
+        self.wp_dirty: dict[int, np.ndarray] = {}
 
     def new(self, present: np.ndarray, write: np.ndarray, pfn: np.ndarray | None, refs: int = 1) -> np.ndarray:
         """Store ``n`` new contents (bool[n, 512] masks, int64[n, 512] frames or None)."""
@@ -145,6 +154,35 @@ class PteStore(_Store):
         """Overwrite the masks of contents that have no explicit frame (ids held by the caller alone)."""
         self.present[ids] = present
         self.write[ids] = write
+        if self.wp_dirty:
+            self._trim_wp_dirty(ids)
+
+    def _trim_wp_dirty(self, ids: np.ndarray) -> None:
+        """Keep ``wp_dirty`` to entries still present and write-protected (a zap clears the
+        dirty bit with the entry; a write fault makes it writable)."""
+        for cid in np.atleast_1d(ids).tolist():
+            mask = self.wp_dirty.get(cid)
+            if mask is not None:
+                mask &= self.present[cid] & ~self.write[cid]
+                if not mask.any():
+                    del self.wp_dirty[cid]
+
+    def mark_wp_dirty(self, cid: int, packed: np.ndarray) -> None:
+        """Entries of ``cid`` (held by the caller alone) that are dirty and now write-protected."""
+        mask = packed & self.present[cid] & ~self.write[cid]
+        if mask.any():
+            old = self.wp_dirty.get(cid)
+            self.wp_dirty[cid] = mask if old is None else old | mask
+
+    def wp_dirty_of(self, cids: np.ndarray) -> np.ndarray:
+        """bool[n, 512]: the dirty, write-protected entries of each content."""
+        out = np.zeros((len(cids), MASK_BYTES), dtype=np.uint8)
+        if self.wp_dirty:
+            for n, cid in enumerate(np.asarray(cids).tolist()):
+                mask = self.wp_dirty.get(cid)
+                if mask is not None:
+                    out[n] = mask
+        return bitmap_unpack(out)
 
     def _alloc_rows(self, n: int) -> np.ndarray:
         reuse = min(n, len(self._rows_free))
@@ -159,6 +197,9 @@ class PteStore(_Store):
         return np.asarray(rows, dtype=np.int64)
 
     def _release(self, ids: np.ndarray) -> None:
+        if self.wp_dirty:
+            for cid in ids.tolist():
+                self.wp_dirty.pop(cid, None)
         rows = self.row[ids]
         rows = rows[rows > 0]
         self._rows_free.extend(rows.tolist())
@@ -200,6 +241,8 @@ class PteStore(_Store):
             self.row[ids] = rows
         keep = rows > 0
         self.pfn[rows[keep]] = pfn[keep]
+        if self.wp_dirty:
+            self._trim_wp_dirty(ids)
 
     def cow(self, ids: np.ndarray) -> np.ndarray:
         """Make each id private to the caller (who holds one reference): copy where refs > 1."""
@@ -209,6 +252,10 @@ class PteStore(_Store):
             old = ids[shared]
             present, write, pfn = self.load(old)
             ids[shared] = self.new(present, write, pfn, refs=1)
+            if self.wp_dirty:
+                for was, now in zip(old.tolist(), ids[shared].tolist(), strict=True):
+                    if was in self.wp_dirty:
+                        self.wp_dirty[now] = self.wp_dirty[was].copy()
             self.put(old)
         return ids
 

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from .mm_struct import MM
 
 
-def lookup(k: Kernel, mm: MM, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each address: (present, writable, explicit frame or 0).  Huge leaves count as present."""
+def lookup(k: Kernel, mm: MM, addrs: np.ndarray, wp_dirty: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each address: (present, writable, explicit frame or 0).  Huge leaves count as present.
+    ``wp_dirty``, if given (bool[n]), is set where the entry is dirty and write-protected."""
     n = len(addrs)
     present = np.zeros(n, dtype=bool)
     writable = np.zeros(n, dtype=bool)
@@ -46,12 +48,13 @@ def lookup(k: Kernel, mm: MM, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray
         for pud_cid, _a, _b in pud_tables(k, mm, lo, hi, write=False):
             sel = np.flatnonzero(pud_keys == key)
             _lookup_pud(k, pud_cid, sorted_addrs[sel], order[sel], pmd_shift, span_shift,
-                        present, writable, pfn)
+                        present, writable, pfn, wp_dirty)
     return present, writable, pfn
 
 
 def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, pmd_shift: int,
-                span_shift: int, present: np.ndarray, writable: np.ndarray, pfn: np.ndarray) -> None:
+                span_shift: int, present: np.ndarray, writable: np.ndarray, pfn: np.ndarray,
+                wp_dirty: np.ndarray | None) -> None:
     from ..arch import leaf_write
 
     pud_e = k.stores[PUD].entries[pud_cid, (addrs >> pmd_shift) & (PTRS_PER_TABLE - 1)]
@@ -85,6 +88,9 @@ def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, p
     got = np.zeros(len(a), dtype=np.int64)
     got[has_row] = store.pfn[rows[has_row], ent[has_row]]
     pfn[w] = got
+    if wp_dirty is not None and store.wp_dirty:
+        masks = store.wp_dirty_of(cid)
+        wp_dirty[w] = masks[np.arange(len(a)), ent]
 
 
 def translate(k: Kernel, mm: MM, addrs: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from ..arch import (
 from ..errors import InternalError
 from ..mm.frames import PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.pagewalk import PMD, PTE, PUD
+from ..mm.vma import VM_WRITE
 
 if TYPE_CHECKING:
     from ..mm.kernel import Kernel
@@ -130,8 +131,12 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
     pte = k.stores[PTE]
     for cid, base, sid, _inside in walk.ptes:
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
+        dirty = pte.wp_dirty_of(np.array([cid]))[0]
         if (write & ~present).any():
             raise InternalError("writable entry that is not present", process=name, table=hex(base))
+        if (dirty & ~(present & ~write)).any():
+            raise InternalError("write-protected dirty mark on an entry that is absent or writable", process=name,
+                                table=hex(base))
         if (pfn[~present] != 0).any():
             raise InternalError("frame in an entry that is not present", process=name, table=hex(base))
         idx = np.flatnonzero(present)
@@ -158,6 +163,11 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
                 raise InternalError("explicit frame in a shared mapping", process=name, vma=vma, table=hex(base))
             if vma.is_hugetlb:
                 raise InternalError("PTE table in a hugetlb VMA", process=name, vma=vma)
+            if not vma.vm_flags & VM_WRITE and write[idx][sel].any():
+                raise InternalError("writable entry in a VMA without VM_WRITE", process=name, vma=vma)
+            if dirty[idx][sel].any() and not (vma.is_shared and vma.obj is not None and vma.obj.writenotify):
+                raise InternalError("write-protected dirty entry outside a shared disk-file mapping", process=name,
+                                    vma=vma)
             if vma.obj is not None and (~explicit).any():
                 file_idx = ((addrs[sel][~explicit] - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
                 cached = vma.obj.find(file_idx)
