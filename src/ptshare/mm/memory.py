@@ -55,6 +55,7 @@ CHUNK = 512  # PTE tables resolved in one page-level step
 
 def handle_mm_fault_range(k: Kernel, task: Task, vma: VMA, acc: Accesses, write: bool) -> None:
     """Take the faults of ``acc`` (all inside ``vma``, access allowed) in order."""
+    acc = acc.first_touches()
     if len(acc) == 0:
         return
     pud_span_shift = k.geom.pud.span.bit_length() - 1

@@ -42,23 +42,33 @@ class _Zipf:
 
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
         out = np.empty(count, dtype=np.int64)
-        todo = np.arange(count)
-        while len(todo):
-            u = self.h_n + rng.random(len(todo)) * (self.h_x1 - self.h_n)
+        todo = None  # all of them, the first time round
+        while True:
+            n = count if todo is None else len(todo)
+            u = rng.random(n)
+            u *= self.h_x1 - self.h_n
+            u += self.h_n
             x = self._H_inverse(u)
-            k = np.floor(x + 0.5)
+            k = x + 0.5  # in place from here: k = clip(floor(x + 0.5), 1, n)
+            np.floor(k, out=k)
             np.clip(k, 1, self.n, out=k)
-            ok = k - x <= self.cut
-            slow = np.flatnonzero(~ok)
+            x -= k  # x - k >= -cut accepts at once: the common case
+            slow = np.flatnonzero(x < -self.cut)
+            ok = np.ones(n, dtype=bool)
             if len(slow):
                 ks = k[slow]
                 ok[slow] = u[slow] >= self._H(ks + 0.5) - np.power(ks, -self.s)
-            if ok.all():
-                out[todo] = k
-                break
-            out[todo[ok]] = k[ok]
-            todo = todo[~ok]
-        return out
+            if todo is None:
+                if ok.all():
+                    out[:] = k
+                    return out
+                out[ok] = k[ok]
+                todo = np.flatnonzero(~ok)
+            else:
+                out[todo[ok]] = k[ok]
+                todo = todo[~ok]
+            if not len(todo):
+                return out
 
 
 def page_indices(pattern: str, pages: int, count: int, seed: int, zipf_s: float) -> np.ndarray:
