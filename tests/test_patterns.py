@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ptshare.mm.access import Accesses
 from ptshare.scenario.patterns import accesses, page_indices
 
 
@@ -26,3 +29,17 @@ def test_patterns_are_reproducible_and_in_range():
     assert (a.addrs % 4096 == 0).all()
     z = accesses(0, 1 << 30, "zipf", count=10, seed=1, zipf_s=1.1)
     assert len(z) == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 1 << 40), min_size=0, max_size=300), st.integers(0, 3))
+def test_first_touches_keeps_the_first_access_to_each_page_in_order(pages, spread):
+    # spread: dense page numbers (a direct table) or far apart (the sorting branch)
+    addrs = np.array([p % (64 << (10 * spread)) for p in pages], dtype=np.int64) << 12
+    got = Accesses.explicit(addrs).first_touches().materialize()
+    seen, want = set(), []
+    for a in addrs.tolist():
+        if a not in seen:
+            seen.add(a)
+            want.append(a)
+    assert got.tolist() == want

@@ -91,11 +91,13 @@ class Accesses:
         low = int(keys.min())
         span = int(keys.max()) - low + 1
         n = len(keys)
-        order = np.arange(n, dtype=np.int32 if n < 1 << 31 else np.int64)
-        if span <= 8 * n + (1 << 20):  # a direct table of first positions
-            first = np.full(span, n, dtype=order.dtype)
-            np.minimum.at(first, keys - low, order)
-            keep = first[keys - low] == order
+        if span <= 8 * n + (1 << 20) and n < 1 << 31:  # a direct table of first positions
+            keys -= low
+            rel = keys.astype(np.int32) if span < 1 << 31 else keys
+            order = np.arange(n, dtype=np.int32)
+            first = np.full(span, n, dtype=np.int32)
+            np.minimum.at(first, rel, order)
+            keep = first[rel] == order
         else:  # sparse over a wide range: sort instead
             _, where = np.unique(keys, return_index=True)
             keep = np.zeros(n, dtype=bool)

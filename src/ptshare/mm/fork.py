@@ -17,8 +17,12 @@ from ..arch import (
     E_NONE,
     E_SHARED,
     E_TABLE,
+    MASK_BYTES,
     PAGE_SHIFT,
     PTRS_PER_TABLE,
+    bitmap_pack,
+    bitmap_unpack,
+    bitmap_weight,
     entry_tag,
     entry_value,
     leaf_explicit,
@@ -140,8 +144,13 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
     cids = entry_value(src_e[idx])
     lo = np.clip((start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
-    present, write, pfn = pte.load(cids)
-    in_range = range_bits(lo, hi)
+    whole = (lo == 0) & (hi == PTRS_PER_TABLE)
+    # Packed masks throughout: a fork copies whole tables far more often than it looks at an entry.
+    in_range = np.full((len(rows), MASK_BYTES), 0xFF, dtype=np.uint8)
+    if not whole.all():
+        in_range[~whole] = bitmap_pack(range_bits(lo[~whole], hi[~whole]))
+    present = pte.present[cids]
+    write = pte.write[cids]
     copied = present & in_range
     if cow:
         wrprotect = write & copied
@@ -149,19 +158,20 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
         if touched.any():
             write &= ~wrprotect
             new = pte.cow(cids[touched])
-            pte.store(new, present[touched], write[touched], pfn[touched])
+            pte.store_packed(new, present[touched], write[touched])
             src_e[idx[touched]] = mk_table(new)
             cids = cids.copy()
             cids[touched] = new
             k.events.add("tlb_flush_mm")
-    anon = pfn[copied]
-    anon = anon[anon > ZERO_PFN]
-    k.frames.mapcount[anon] += 1
-    k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
-    k.events.add("ptes_copied", int(copied.sum()))
+    framed = np.flatnonzero(pte.row[cids] > 0)  # tables with explicit frames: anonymous or private copies
+    if len(framed):
+        pfn = pte.pfn[pte.row[cids[framed]]]
+        anon = pfn[bitmap_unpack(copied[framed]) & (pfn > ZERO_PFN)]
+        k.frames.mapcount[anon] += 1
+        k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+    k.events.add("ptes_copied", int(bitmap_weight(copied).sum()))
     dst_tags = entry_tag(dst_e[idx])
     fresh = dst_tags == E_NONE
-    whole = (lo == 0) & (hi == PTRS_PER_TABLE)
     # A table the VMA covers whole is copied as a value: the child's table holds what the
     # (write-protected) parent's holds, so the two share storage until one of them changes.
     same = fresh & whole
@@ -172,16 +182,17 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
         dst_e[idx[same]] = mk_table(cids[same])
     rest = np.flatnonzero(~same)
     if len(rest):
+        src_p, src_w, src_f = pte.load(cids[rest])
+        mask = bitmap_unpack(copied[rest])
         keep_p = np.zeros((len(rest), PTRS_PER_TABLE), bool)
         keep_w = np.zeros_like(keep_p)
         keep_f = np.zeros((len(rest), PTRS_PER_TABLE), dtype=np.int64)
         old = ~fresh[rest]
         if old.any():
             keep_p[old], keep_w[old], keep_f[old] = pte.load(entry_value(dst_e[idx[rest][old]]))
-        mask = copied[rest]
         keep_p |= mask
-        keep_w = np.where(mask, write[rest], keep_w)
-        keep_f = np.where(mask, pfn[rest], keep_f)
+        keep_w = np.where(mask, src_w & src_p, keep_w)
+        keep_f = np.where(mask, src_f, keep_f)
         new_ids = pte.new(keep_p[~old], keep_w[~old], keep_f[~old]) if (~old).any() else None
         if new_ids is not None:
             dst_e[idx[rest][~old]] = mk_table(new_ids)

@@ -151,7 +151,7 @@ class PteStore(_Store):
         return ids
 
     def store_packed(self, ids: np.ndarray, present: np.ndarray, write: np.ndarray) -> None:
-        """Overwrite the masks of contents that have no explicit frame (ids held by the caller alone)."""
+        """Overwrite the masks of contents held by the caller alone; their frames stay as they are."""
         self.present[ids] = present
         self.write[ids] = write
         if self.wp_dirty:
