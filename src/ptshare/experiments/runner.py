@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -26,11 +28,27 @@ class Tally:
     reused: int = 0
 
 
-def run_key(exp: Experiment, spec: RunSpec, profile: str) -> str:
-    """What identifies a run: two runs with the same key give the same metrics."""
+def run_key(exp: Experiment, spec: RunSpec, cost: CostModel) -> str:
+    """What identifies a run: two runs with the same key give the same metrics.  The model's
+    source and the profile's values are part of it, so a changed model or a recalibrated profile
+    of the same name never reuses a stale run."""
     ident = [exp.name, exp.revision, scenario_hash(spec.scenario), spec.policy, spec.backend, spec.params,
-             __version__, profile]
+             __version__, model_fingerprint(), cost.name, sorted(cost.ns.items())]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def model_fingerprint() -> str:
+    """A hash of the sources that decide what a simulated run computes."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "arch.py", root / "system.py", root / "cost.py"]
+    for part in ("mm", "policies", "scenario"):
+        files += sorted((root / part).glob("*.py"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def host_unavailable() -> str | None:
@@ -69,7 +87,7 @@ def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, co
     it finishes; then analyse them all.  ``progress``: draw a bar (default: on a terminal)."""
     cost = cost or load_profile()
     specs = exp.plan(params)
-    keys = {spec.label: run_key(exp, spec, cost.name) for spec in specs}
+    keys = {spec.label: run_key(exp, spec, cost) for spec in specs}
     record = db.start_experiment(exp.name, params, __version__, cost.name, keys)
     bar = RunsBar(exp.name, len(specs), enabled=progress)
     metrics: dict[str, dict[str, Any]] = {}
