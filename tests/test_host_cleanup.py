@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import tagged, wait_gone
 from ptshare.host.backend import host_problem
 from ptshare.host.objects import meminfo
 
@@ -83,18 +84,6 @@ repeat = REPEAT
 """
 
 
-def _tagged(tag: str) -> list[int]:
-    """Processes whose environment carries ``tag`` (the run and every worker it made)."""
-    found = []
-    for environ in glob.glob("/proc/[0-9]*/environ"):
-        try:
-            if tag.encode() in Path(environ).read_bytes():
-                found.append(int(environ.split("/")[2]))
-        except OSError:
-            pass
-    return found
-
-
 def _leftovers() -> dict[str, set[str]]:
     return {
         "files": set(glob.glob("/dev/shm/ptshare-*")) | set(glob.glob("/var/tmp/ptshare-*")),
@@ -114,16 +103,12 @@ def _run(tmp_path, repeat: int, interrupt: int | None) -> subprocess.CompletedPr
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if interrupt is not None:
         deadline = time.monotonic() + 60
-        while len(_tagged(tag)) < 4 and time.monotonic() < deadline:  # the run, p and two children
+        while len(tagged(tag)) < 4 and time.monotonic() < deadline:  # the run, p and two children
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(interrupt)
     out, err = proc.communicate(timeout=120)
-    for _ in range(50):
-        if not _tagged(tag):
-            break
-        time.sleep(0.1)
-    assert _tagged(tag) == [], "worker processes were left running"
+    wait_gone(tag)
     assert meminfo()["HugePages_Total"] == hugepages, "the huge-page reservation was not given back"
     after = _leftovers()
     for kind in before:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 
 from ..cli.render import table
 from ..errors import UsageError
+from ..machine import describe
 from .cases import ALL, CASES, CURVE
 
 
@@ -25,19 +24,6 @@ def register(sub) -> None:
                    help="also run the fork cases on this machine's kernel and print simulator/kernel time ratios")
     p.add_argument("-o", "--output", default="bench-results.json", help="where to write the JSON results")
     p.set_defaults(func=cmd_bench)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB"
 
 
 def _one(name: str, policy: str, scale: float) -> dict:
@@ -81,13 +67,13 @@ def cmd_bench(args) -> int:
         host, host_records = compare_with_host([n for n in names if ALL[n].host], args.scale)
     headers = ["case", "policy", "sim wall", "sim peak RSS", "page tables (simulated)", "faults", "PTEs copied",
                "target", "met"]
-    print(f"ptshare bench on {machine()}, median of {args.repeat}")
+    print(f"ptshare bench on {describe()}, median of {args.repeat}")
     print(table(headers, rows, "llrrrrrll"))
     if host:
         print()
         print("simulating under linux against this machine's kernel doing it (under 1: the simulator is faster)")
         print(table(["case", "step", "sim wall", "kernel wall", "sim / kernel"], host, "llrrr"))
-    Path(args.output).write_text(json.dumps({"schema": "ptshare.bench/1", "machine": machine(),
+    Path(args.output).write_text(json.dumps({"schema": "ptshare.bench/1", "machine": describe(),
                                              "repeat": args.repeat, "scale": args.scale, "results": docs,
                                              "vs_host": host_records}, indent=1) + "\n")
     print(f"results written to {args.output}")

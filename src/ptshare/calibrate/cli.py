@@ -1,0 +1,92 @@
+"""``ptshare calibrate``: registered with the command line by ``ptshare.cli.main``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..cli.progress import Progress
+from ..errors import UsageError
+
+MAX_REPEAT = 100
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="measure this machine's kernel and write a cost profile",
+                       description="Runs families of small scenarios on this machine's kernel (the host backend) and "
+                       "on the simulator, and fits nanoseconds per event by regression over sizes: per PTE copied at "
+                       "fork, per page-table page allocated and freed, per fault of each kind, per PTE fault-around "
+                       "maps, per PTE zapped and page freed.  Events the host cannot measure keep the base "
+                       "profile's cost.  Needs Linux on x86-64; root adds the hugetlb experiments.")
+    p.add_argument("-o", "--output", metavar="PROFILE.toml", help="write the profile (TOML) to this file")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and few runs: under a minute, coarser (no hugetlb experiments)")
+    p.add_argument("--repeat", type=_repeat, metavar="N",
+                   help="host runs of each scenario, whose median is fitted (default 5; 3 with --quick)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--base", metavar="PROFILE.toml",
+                   help="where the costs calibration cannot measure come from (default: the shipped profile)")
+    p.add_argument("--name", default="calibrated", help="the profile's name (default: calibrated)")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _repeat(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_REPEAT:
+        raise argparse.ArgumentTypeError(f"--repeat takes a whole number from 1 to {MAX_REPEAT}, not {text!r}")
+    return n
+
+
+def check_output(path: str) -> None:
+    """Refuse an output path that cannot be written before spending minutes measuring."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"-o {path}: is a directory; give a file name such as {target / 'profile.toml'}")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"-o {path}: not writable by this user")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..cost import load_profile
+    from . import profile, report
+    from .run import calibrate
+
+    if not args.name.strip():
+        raise UsageError("--name must not be empty")
+    if args.output:
+        check_output(args.output)
+    base = load_profile(args.base)
+    base_text = _profile_text(args.base)
+    progress = Progress("calibrate")
+    try:
+        cal = calibrate(base, quick=args.quick, repeat=args.repeat, progress=progress)
+    finally:
+        progress.close()
+    text = profile.render(cal.fit, cal.provenance, args.name, base_text)
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"-o {args.output}: {exc.strerror}") from None
+    if args.format == "json":
+        print(report.report_json(cal, base, text, args.output))
+    else:
+        print(report.report_text(cal, base, args.output))
+    sys.stdout.flush()
+    return 0
+
+
+def _profile_text(path: str | None) -> str:
+    if path is None:
+        from importlib import resources
+
+        return resources.files("ptshare.data").joinpath("profile-default.toml").read_text()
+    return Path(path).read_text()

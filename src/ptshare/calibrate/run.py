@@ -1,0 +1,86 @@
+"""A calibration from start to end: the families, their runs, the fit, and what explains the fork
+intercept."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..cost import CostModel
+from ..errors import PtshareError
+from ..host.backend import host_problem
+from ..host.objects import HostError
+from .experiment import Experiment
+from .families import call, plan
+from .fit import NO_EXPERIMENT, Fit, fit
+from .profile import Provenance, provenance
+from .worker_fork import worker_fork_events
+
+FULL_REPEAT = 5
+QUICK_REPEAT = 3
+HUGETLB_EVENTS = ("fault_hugetlb", "hpage_alloc", "huge_pmds_copied")
+
+
+@dataclass
+class Calibration:
+    fit: Fit
+    provenance: Provenance
+    skipped: dict[str, str] = field(default_factory=dict)  # families this host could not run, and why
+    worker_fork: dict[str, int] = field(default_factory=dict)  # see worker_fork_ns
+    seconds: float = 0.0
+
+    @property
+    def worker_fork_ns(self) -> float | None:
+        """What a host worker's own VMAs and PTEs add to each of its forks, priced with the fitted
+        costs: the part of the fork intercept that is not the kernel's fixed cost."""
+        if not self.worker_fork:
+            return None
+        return sum(n * self.fit.events[name].ns for name, n in self.worker_fork.items() if name != "fork")
+
+    @property
+    def fork_intercept_ns(self) -> float | None:
+        cost = self.fit.pseudo.get(call("fork"))
+        return None if cost is None else cost.ns + self.fit.events["fork"].ns
+
+
+def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Measure this machine's kernel and fit a cost profile; ``base`` gives what cannot be measured."""
+    problem = host_problem()
+    if problem is not None:
+        raise HostError(f"calibration measures this machine's kernel with the host backend, and {problem}")
+    started = time.monotonic()
+    repeat = repeat or (QUICK_REPEAT if quick else FULL_REPEAT)
+    no_root = host_problem(need_root=True)
+    families = plan(quick, hugetlb_ok=no_root is None)
+    experiment = Experiment(families, base)
+    if quick:
+        experiment.skipped["hugetlb"] = "left out by --quick, as it reserves huge pages"
+    elif no_root is not None:
+        experiment.skipped["hugetlb"] = no_root
+    # Work items, for the progress bar: each family simulated, each host run, the worker read.
+    work = [(experiment.simulate, f) for f in families] + [(experiment.run_once, f) for _ in range(repeat)
+                                                           for f in families]
+    for done, (step, fam) in enumerate(work):
+        if progress is not None:
+            progress(done, len(work) + 1)
+        step(fam)
+    points = experiment.measured()
+    if not points:
+        raise PtshareError("no calibration sample could be measured on this host (every run's fault counts "
+                           "differed from the model's)")
+    try:
+        worker = worker_fork_events()
+    except (PtshareError, OSError):
+        worker = {}  # only an explanation of the fork intercept: the profile does not depend on it
+    if progress is not None:
+        progress(len(work) + 1, len(work) + 1)
+    result = fit(points, base)
+    if "hugetlb" in experiment.skipped:
+        for name in HUGETLB_EVENTS:
+            if result.events[name].why == NO_EXPERIMENT:
+                result.events[name].why = f"the hugetlb family did not run: {experiment.skipped['hugetlb']}"
+    ran = [f.name for f in families if f.name not in experiment.skipped]
+    prov = provenance(ran, repeat, len(points), sum(p.set_aside for p in experiment.set_aside()), quick, base)
+    return Calibration(result, prov, dict(experiment.skipped), worker, time.monotonic() - started)
