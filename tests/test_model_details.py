@@ -96,3 +96,28 @@ def test_a_forked_copy_of_a_shared_mapping_is_clean():
         faults = s.process(name)["minflt"]
         s.touch(name, a, 2 * MiB, write=True)
         assert s.process(name)["minflt"] - faults == (0 if name == "p" else 512)
+
+
+def test_an_operation_flushes_each_mm_it_changed_once():
+    # mmu_gather: munmap and mprotect flush once for their whole range, fork flushes the parent once
+    # (dup_mmap), exit once -- not once per VMA or per table.
+    s = System("linux", aslr_bits=0, check=True)
+    s.spawn("p")
+    addrs = [s.mmap("p", 4 * MiB, addr=BASE + n * 8 * MiB, fixed=True) for n in range(4)]
+    for a in addrs:
+        s.touch("p", a, write=True)
+
+    def flushes() -> int:
+        return s.events()["tlb_flush_mm"]
+
+    before = flushes()
+    s.fork("p", "c")  # write-protects the parent's entries in four VMAs, sixteen tables
+    assert flushes() == before + 1
+    s.mprotect("p", addrs[0], 4 * MiB, "r")  # two tables
+    assert flushes() == before + 2
+    s.munmap("c", BASE, 32 * MiB)  # four VMAs and the holes between them
+    assert flushes() == before + 3
+    s.exit("p")
+    assert flushes() == before + 4
+    s.exit("c")  # nothing left mapped: nothing to flush
+    assert flushes() == before + 4

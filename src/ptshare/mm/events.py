@@ -43,7 +43,7 @@ EVENTS: dict[str, str] = {
     "pt_shared": "page tables attached from another mm instead of allocated",
     "pt_unshared": "shared page tables dropped by one of their users",
     "tlb_flush_all": "TLB flushes on all CPUs (an operation that unshared shared tables; batched)",
-    "tlb_flush_mm": "TLB flushes of one mm's CPUs (munmap, mprotect, COW after fork)",
+    "tlb_flush_mm": "TLB flushes of one mm's CPUs (an operation that changed its entries; batched)",
     "ptes_changed": "PTEs write-protected or made writable by mprotect",
     "ptes_moved": "PTEs moved by mremap",
 }

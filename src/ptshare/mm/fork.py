@@ -162,7 +162,7 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
             src_e[idx[touched]] = mk_table(new)
             cids = cids.copy()
             cids[touched] = new
-            k.events.add("tlb_flush_mm")
+            k.flush_tlb_mm(src.mm)
     framed = np.flatnonzero(pte.row[cids] > 0)  # tables with explicit frames: anonymous or private copies
     if len(framed):
         pfn = pte.pfn[pte.row[cids[framed]]]

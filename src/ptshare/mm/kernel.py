@@ -50,6 +50,7 @@ class Kernel:
         self.share_where: dict[int, tuple[tuple, int]] = {}
         self.read_log: list[tuple[str, np.ndarray, np.ndarray]] | None = None  # (task, addrs, stamps)
         self.flush_all_pending = False  # an unshare since the last tlb_finish()
+        self.flush_mm_pending: set[int] = set()  # mms whose entries changed since the last tlb_finish()
 
     @property
     def top(self) -> DirStore:
@@ -71,13 +72,21 @@ class Kernel:
         self.events.add("pgtable_free")
         mm.dead = True
 
-    def tlb_finish(self) -> None:
-        """End of an operation: one flush on every CPU if it unshared any table.
+    def flush_tlb_mm(self, mm: MM) -> None:
+        """``mm``'s entries were cleared, write-protected or moved: its CPUs flush at the end of the operation."""
+        self.flush_mm_pending.add(mm.id)
 
-        Unsharing leaves other CPUs holding this mm's stale paging-structure entries, so every CPU
-        must flush; like ``tlb_finish_mmu()`` the flush is batched, once per operation however
-        many tables it let go (``pt_unshared`` counts those).
+    def tlb_finish(self) -> None:
+        """End of an operation: the TLB flushes it owes, batched as ``tlb_finish_mmu()`` batches them.
+
+        One flush per mm whose entries it changed (munmap, mprotect, mremap and MADV_DONTNEED
+        gather their whole range; fork flushes the parent once, in ``dup_mmap``; exit once), and
+        one on every CPU if it unshared any table: unsharing leaves other CPUs holding stale
+        paging-structure entries, however many tables it let go (``pt_unshared`` counts those).
         """
+        if self.flush_mm_pending:
+            self.events.add("tlb_flush_mm", len(self.flush_mm_pending))
+            self.flush_mm_pending.clear()
         if self.flush_all_pending:
             self.flush_all_pending = False
             self.events.add("tlb_flush_all")

@@ -73,7 +73,7 @@ def mprotect_fixup(k: Kernel, mm: MM, vma: VMA, newflags: int) -> None:
     vma.vm_flags = newflags
     change_protection(k, mm, vma)
     vma_merge(k, mm, vma)
-    k.events.add("tlb_flush_mm")
+    k.flush_tlb_mm(mm)
 
 
 def change_protection(k: Kernel, mm: MM, vma: VMA) -> None:

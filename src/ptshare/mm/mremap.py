@@ -114,7 +114,7 @@ def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_a
     _install(k, mm, new, dst, write[present], pfn[present], dirty[present])
     _clear(k, mm, src)
     k.events.add("ptes_moved", len(src))
-    k.events.add("tlb_flush_mm")
+    k.flush_tlb_mm(mm)
 
 
 def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray,

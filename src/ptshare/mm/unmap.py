@@ -44,7 +44,7 @@ def zap_page_range(k: Kernel, mm: MM, start: int, end: int) -> int:
     for pud_cid, a, b in pud_tables(k, mm, start, end, write=True):
         cleared += _zap_pud(k, mm, pud_cid, a, b)
     if cleared:
-        k.events.add("tlb_flush_mm")
+        k.flush_tlb_mm(mm)
     return cleared
 
 
