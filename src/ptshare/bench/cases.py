@@ -101,7 +101,7 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("pgbench-like", "16 GiB shared buffers, 1,000 backends reading a zipf 10% sample",
          ("linux", "shared-pt", "eager"), pgbench(1000), target_s=20.0),
     Case("sga-300g", "300 GiB shmem, 1,500 processes attaching it at one address and reading all of it",
-         ("linux", "shared-pt"), sga, target_s=60.0, target_gib=4.0),
+         ("linux", "shared-pt", "shared-pt-2005"), sga, target_s=60.0, target_gib=4.0),
     Case("hugetlb-1t", "1 TiB hugetlb, 10,000 processes; with and without PMD sharing",
          ("linux", "linux-no-pmd-share"), hugetlb_1t, target_s=60.0, target_gib=4.0),
 ]}

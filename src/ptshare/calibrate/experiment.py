@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from ..cost import CostModel
 from ..errors import PtshareError
 from ..host.backend import run_on_host
+from ..host.guest import pre_touch, run_footprint
 from ..host.plan import host_scenario, make_plan
 from ..scenario import run
 from ..scenario.run import RunResult
 from .families import Family, Sample
-from .guest import pre_touch, run_footprint
 
 
 @dataclass

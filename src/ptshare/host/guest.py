@@ -12,16 +12,16 @@ A host-backend run gets whatever pages the guest's allocator hands out -- recent
 first (the allocator puts reported blocks at the tail of its free lists), so its faults pay the
 hypervisor or not depending on what the machine did in the seconds before.  The cost model
 prices the kernel alone, as the default profile's header says, so before each run calibration
-writes as much fresh memory as the run will need and frees it again (:func:`pre_touch`): the
-run's pages are then pages the guest touched a moment ago.
+and ``bench --vs-host`` write as much fresh memory as the run will need and free it again
+(:func:`pre_touch`): the run's pages are then pages the guest touched a moment ago.
 """
 
 from __future__ import annotations
 
 import mmap
 
-from ..host.backend import FORKED_WORKER_KB, SPAWNED_WORKER_KB
-from ..host.plan import Plan
+from .backend import FORKED_WORKER_KB, SPAWNED_WORKER_KB
+from .plan import Plan
 
 HEADROOM = 1.25  # the run's own page tables, the interpreters' heaps, what the estimate misses
 

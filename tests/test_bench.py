@@ -1,0 +1,48 @@
+"""ptshare bench: the cases run, the JSON holds what the table shows, bad arguments are refused."""
+
+import json
+
+import pytest
+
+from ptshare.cli.main import main
+from ptshare.host.backend import host_problem
+
+PAGES = (40 << 20) >> 12  # fork-private-4g at scale 0.01: 40 MiB (the size rounds down to 2 MiB)
+
+
+def test_a_case_under_each_of_its_policies(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--case", "fork-private-4g", "--scale", "0.01", "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "ptshare.bench/1" and doc["machine"]
+    rows = {r["policy"]: r for r in doc["results"]}
+    assert set(rows) == {"eager", "lazy", "linux"}
+    for r in rows.values():  # the parent's write faults; fork copies every PTE of a private mapping
+        assert (r["faults"], r["ptes_copied"]) == (PAGES, PAGES)
+        assert r["wall_s_median"] > 0 and r["peak_gib_median"] > 0
+    assert "fork-private-4g" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scale", "0"], "--scale must be more than 0"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--case", "nope"], "unknown bench case 'nope'"),
+])
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(["bench", *argv, "-o", str(tmp_path / "b.json")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.skipif(host_problem() is not None, reason=f"needs the host backend: {host_problem()}")
+def test_vs_host_times_each_step_on_the_kernel(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--case", "fork-private-4g", "--case", "fork-shared-4g-read", "--scale", "0.01",
+                 "--vs-host", "-o", str(out)]) == 0
+    records = {r["case"]: r for r in json.loads(out.read_text())["vs_host"]}
+    assert set(records) == {"fork-private-4g", "fork-shared-4g-read"}
+    for r in records.values():
+        ops = [s["op"] for s in r["steps"]]
+        assert "fork" in ops and "touch" in ops and "spawn" not in ops
+        assert all(s["sim_ns"] > 0 and s["kernel_ns"] > 0 for s in r["steps"])
+        assert r["ratio"] == pytest.approx(r["sim_ns"] / r["kernel_ns"])
