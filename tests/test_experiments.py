@@ -219,7 +219,7 @@ def test_progress_bar_moves_inside_runs_and_is_erased():
     stream = io.StringIO()
     bar = RunsBar("database", 4, stream=stream, delay=0, enabled=True)
     step = bar.run(2, "churn:linux")
-    bar._last = 0.0
+    bar.bar._last = 0.0
     step(1, 2)
     drawn = stream.getvalue().split("\r")[-1]
     assert drawn.startswith("database [###############.........] run 3/4 churn:linux")

@@ -29,10 +29,8 @@ COMPARED_OPS = ("mmap", "touch", "fork", "exit")
 
 def compare_with_host(names: list[str], scale: float) -> tuple[list[list], list[dict]]:
     """Table rows ``[case, step, sim wall, kernel wall, sim / kernel]`` and a JSON record per case."""
-    from ..host.backend import host_problem, run_on_host
-    from ..host.guest import pre_touch, run_footprint
-    from ..host.objects import HostError
-    from ..host.plan import make_plan
+    from ..host.backend import host_problem
+    from ..host.objects import TooLittleMemory
 
     problem = host_problem()
     if problem is not None:
@@ -42,22 +40,15 @@ def compare_with_host(names: list[str], scale: float) -> tuple[list[list], list[
     for name in names:
         case = ALL[name]
         used = scale
-
-        def on_host(scenario):
-            pre_touch(run_footprint(make_plan(scenario, load_profile())))
-            return run_on_host(scenario)
-
         try:
             scenario = case.build(used)
-            host, error = on_host(scenario)
-        except HostError as exc:
-            if "more than half" not in str(exc):
-                raise
+            host, error = _on_host(scenario)
+        except TooLittleMemory:
             used = scale / 4
             print(f"  {name}: too little memory free on this host at scale {scale:g}; "
                   f"comparing at scale {used:g}", file=sys.stderr)
             scenario = case.build(used)
-            host, error = on_host(scenario)
+            host, error = _on_host(scenario)
         if error is not None:
             raise PtshareError(f"--vs-host: {name} failed on the host: {error}")
         sim = run(scenario, "linux")
@@ -78,6 +69,16 @@ def compare_with_host(names: list[str], scale: float) -> tuple[list[list], list[
         records.append(record)
         print(f"  {label} vs host: {_ratio(sim_total, kernel_total)}", file=sys.stderr)
     return rows, records
+
+
+def _on_host(scenario):
+    """The scenario on this machine's kernel, on guest memory the hypervisor has just backed."""
+    from ..host.backend import run_on_host
+    from ..host.guest import pre_touch, run_footprint
+    from ..host.plan import make_plan
+
+    pre_touch(run_footprint(make_plan(scenario, load_profile())))
+    return run_on_host(scenario)
 
 
 def _ratio(sim_ns: int, kernel_ns: int) -> str:

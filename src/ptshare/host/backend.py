@@ -42,7 +42,7 @@ from ..errors import PtshareError, UsageError
 from ..scenario.model import Scenario
 from ..scenario.run import RunResult, StepResult
 from . import measure
-from .objects import HostError, meminfo
+from .objects import HostError, TooLittleMemory, meminfo
 from .plan import Plan, make_plan
 from .session import Incarnation, Session, StepRecord
 from .worker import read_status
@@ -125,7 +125,7 @@ def check_limits(plan: Plan) -> None:
     need = plan.peak_kb + huge_kb + workers_kb
     if need > available // 2:
         mib = 1024
-        raise HostError(
+        raise TooLittleMemory(
             f"scenario {plan.scenario.name!r} would use about {need // mib:,} MiB on this host "
             f"({plan.peak_kb // mib:,} MiB of scenario memory at its peak, {huge_kb // mib:,} MiB of huge pages, "
             f"{workers_kb // mib:,} MiB for {plan.spawned + plan.forked} worker processes): more than half of the "

@@ -36,6 +36,10 @@ class HostError(PtshareError):
     an operation.  The message names the limit or the call, and what to do."""
 
 
+class TooLittleMemory(HostError):
+    """The scenario would use more than half of the memory available on this host."""
+
+
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in kB (huge-page counts as numbers of pages)."""
     out = {}

@@ -175,8 +175,8 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
     # A table the VMA covers whole is copied as a value: the child's table holds what the
     # (write-protected) parent's holds, so the two share storage until one of them changes.
     same = fresh & whole
-    if src.is_shared and pte.wp_dirty:  # copy_present_pte(): a shared mapping's child PTEs are clean
-        same &= np.array([cid not in pte.wp_dirty for cid in cids.tolist()], dtype=bool)
+    if src.is_shared:  # copy_present_pte(): a shared mapping's child PTEs are clean
+        same &= ~pte.has_wp_dirty(cids)
     if same.any():
         pte.get(cids[same])
         dst_e[idx[same]] = mk_table(cids[same])

@@ -133,12 +133,11 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
     lo = np.clip((vma.vm_start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((vma.vm_end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     mask = range_bits(lo, hi) & present
-    writenotify = vma.is_shared and vma.obj is not None and vma.obj.writenotify
     if grant_shared:
         grant = mask
     elif grant_private:
         grant = mask & (pfn > 0) & ((frames.flags[pfn] & (PG_ANON | PG_EXCLUSIVE)) == (PG_ANON | PG_EXCLUSIVE))
-    elif writenotify and vma.vm_flags & VM_WRITE:
+    elif vma.wants_writenotify and vma.vm_flags & VM_WRITE:
         grant = mask & pte.wp_dirty_of(cids)
     else:
         grant = np.zeros_like(mask)
@@ -154,7 +153,7 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
             (cid,) = pte.cow(np.array([cids[n]]))
             entries[i0 + rows[n]] = mk_table(cid)
         pte.store(np.array([cid]), present[n:n + 1], new_write[n:n + 1], pfn[n:n + 1])
-        if writenotify:  # write-protected entries keep their dirty bit
+        if vma.wants_writenotify:  # write-protected entries keep their dirty bit
             pte.mark_wp_dirty(cid, bitmap_pack(write[n:n + 1] & ~new_write[n:n + 1])[0])
 
 

@@ -154,18 +154,27 @@ class PteStore(_Store):
         """Overwrite the masks of contents held by the caller alone; their frames stay as they are."""
         self.present[ids] = present
         self.write[ids] = write
-        if self.wp_dirty:
-            self._trim_wp_dirty(ids)
+        self._trim_wp_dirty(ids)
+
+    def has_wp_dirty(self, ids: np.ndarray) -> np.ndarray:
+        """bool[n]: whether each content has dirty, write-protected entries (one pass over the
+        few marked contents, not a lookup per id)."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        if not self.wp_dirty:
+            return np.zeros(len(ids), dtype=bool)
+        return np.isin(ids, np.fromiter(self.wp_dirty, dtype=np.int64, count=len(self.wp_dirty)))
 
     def _trim_wp_dirty(self, ids: np.ndarray) -> None:
         """Keep ``wp_dirty`` to entries still present and write-protected (a zap clears the
         dirty bit with the entry; a write fault makes it writable)."""
-        for cid in np.atleast_1d(ids).tolist():
-            mask = self.wp_dirty.get(cid)
-            if mask is not None:
-                mask &= self.present[cid] & ~self.write[cid]
-                if not mask.any():
-                    del self.wp_dirty[cid]
+        if not self.wp_dirty:
+            return
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        for cid in np.unique(ids[self.has_wp_dirty(ids)]).tolist():
+            mask = self.wp_dirty[cid]
+            mask &= self.present[cid] & ~self.write[cid]
+            if not mask.any():
+                del self.wp_dirty[cid]
 
     def mark_wp_dirty(self, cid: int, packed: np.ndarray) -> None:
         """Entries of ``cid`` (held by the caller alone) that are dirty and now write-protected."""
@@ -176,12 +185,10 @@ class PteStore(_Store):
 
     def wp_dirty_of(self, cids: np.ndarray) -> np.ndarray:
         """bool[n, 512]: the dirty, write-protected entries of each content."""
+        cids = np.asarray(cids, dtype=np.int64)
         out = np.zeros((len(cids), MASK_BYTES), dtype=np.uint8)
-        if self.wp_dirty:
-            for n, cid in enumerate(np.asarray(cids).tolist()):
-                mask = self.wp_dirty.get(cid)
-                if mask is not None:
-                    out[n] = mask
+        for cid in np.unique(cids[self.has_wp_dirty(cids)]).tolist():
+            out[cids == cid] = self.wp_dirty[cid]
         return bitmap_unpack(out)
 
     def _alloc_rows(self, n: int) -> np.ndarray:
@@ -198,8 +205,8 @@ class PteStore(_Store):
 
     def _release(self, ids: np.ndarray) -> None:
         if self.wp_dirty:
-            for cid in ids.tolist():
-                self.wp_dirty.pop(cid, None)
+            for cid in ids[self.has_wp_dirty(ids)].tolist():
+                del self.wp_dirty[cid]
         rows = self.row[ids]
         rows = rows[rows > 0]
         self._rows_free.extend(rows.tolist())
@@ -241,8 +248,7 @@ class PteStore(_Store):
             self.row[ids] = rows
         keep = rows > 0
         self.pfn[rows[keep]] = pfn[keep]
-        if self.wp_dirty:
-            self._trim_wp_dirty(ids)
+        self._trim_wp_dirty(ids)
 
     def cow(self, ids: np.ndarray) -> np.ndarray:
         """Make each id private to the caller (who holds one reference): copy where refs > 1."""
@@ -252,10 +258,9 @@ class PteStore(_Store):
             old = ids[shared]
             present, write, pfn = self.load(old)
             ids[shared] = self.new(present, write, pfn, refs=1)
-            if self.wp_dirty:
-                for was, now in zip(old.tolist(), ids[shared].tolist(), strict=True):
-                    if was in self.wp_dirty:
-                        self.wp_dirty[now] = self.wp_dirty[was].copy()
+            copies = ids[shared]
+            for n in np.flatnonzero(self.has_wp_dirty(old)).tolist():
+                self.wp_dirty[int(copies[n])] = self.wp_dirty[int(old[n])].copy()
             self.put(old)
         return ids
 

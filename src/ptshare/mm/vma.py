@@ -108,6 +108,12 @@ class VMA:
         """``is_cow_mapping()``: private and possibly writable, so fork write-protects its PTEs."""
         return (self.vm_flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
 
+    @property
+    def wants_writenotify(self) -> bool:
+        """``vma_wants_writenotify()``: a shared mapping of an object that tracks dirtying (a disk
+        file), whose PTEs stay read-only until ``page_mkwrite`` -- so their dirty bit matters."""
+        return self.is_shared and self.obj is not None and self.obj.writenotify
+
     def pte_writable(self) -> bool:
         """Whether ``vm_page_prot`` lets a freshly mapped page of this VMA be written without a fault.
 
@@ -115,9 +121,7 @@ class VMA:
         hugetlbfs); disk files keep shared PTEs read-only until ``page_mkwrite``, and private
         mappings map file pages read-only so that the first write copies them.
         """
-        return bool(self.vm_flags & VM_WRITE) and self.is_shared and not (
-            self.obj is not None and self.obj.writenotify
-        )
+        return bool(self.vm_flags & VM_WRITE) and self.is_shared and not self.wants_writenotify
 
     def linear_page_index(self, addr: int) -> int:
         """File index (in 4 KiB pages) of ``addr``."""

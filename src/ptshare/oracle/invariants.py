@@ -165,7 +165,7 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
                 raise InternalError("PTE table in a hugetlb VMA", process=name, vma=vma)
             if not vma.vm_flags & VM_WRITE and write[idx][sel].any():
                 raise InternalError("writable entry in a VMA without VM_WRITE", process=name, vma=vma)
-            if dirty[idx][sel].any() and not (vma.is_shared and vma.obj is not None and vma.obj.writenotify):
+            if dirty[idx][sel].any() and not vma.wants_writenotify:
                 raise InternalError("write-protected dirty entry outside a shared disk-file mapping", process=name,
                                     vma=vma)
             if vma.obj is not None and (~explicit).any():
