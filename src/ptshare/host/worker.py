@@ -18,10 +18,10 @@ How the interpreter's own costs are kept out of the figures:
   reading.  This is exact when the interpreter's part did not change during the run, and the
   worker is made so: no garbage collector, access lists passed through the workspace rather than
   allocated, every code path run once at start (and again in a forked child, which must fault the
-  interpreter's file-backed pages back in), and then every page of the interpreter's writable
-  private memory -- heap, allocator arenas, stack -- faulted in (``populate_own_memory``), so that
-  a new object or a deeper call lands on a page already counted.  The backend checks it
-  (``backend._drift_notes``).
+  interpreter's file-backed pages back in), and then every page of the interpreter's own memory --
+  heap, allocator arenas, stack, the code of every library -- faulted in
+  (``populate_own_memory``), so that a new object, a deeper call or a code path not yet run lands
+  on a page already counted.  The backend checks it (``backend._drift_notes``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from .workspace import Workspace
 
 WINDOW = (0x600000000000, 0x700000000000)  # where every scenario mapping goes: PGD entries 192-223
 _SPARE = WINDOW[1]  # an address no scenario mapping uses: the target of warm-up calls
+# A mapping larger than this is left alone: the interpreter's allocator works in 1 MiB arenas and a
+# heap of a few MiB, and what is larger (a numerical library's 32 MiB buffer, its 19 MiB of code)
+# the worker never uses, and would cost every fork a copy of its tables.  Should the interpreter
+# touch a new page of one, the backend's drift check names the move.
+POPULATE_MAX = 16 << 20
 _STATUS = {b"VmPTE": "vmpte_kb", b"VmRSS": "rss_kb", b"RssAnon": "rss_anon_kb", b"RssFile": "rss_file_kb",
            b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb"}
 
@@ -178,11 +183,10 @@ class Worker:
         return {"interp": read_status(), "ns": cost.ns}
 
     def start(self, spawned: bool = False) -> None:
-        """Warm up, then say hello with this process's pid and its interpreter-only status.  A
-        forked worker's memory is already populated: the parent's present pages are its own."""
+        """Warm up, fault in the interpreter's own memory, then say hello with this process's pid
+        and its interpreter-only status."""
         self.warm_up()
-        if spawned:
-            populate_own_memory()
+        populate_own_memory(write=spawned)
         threads = len(os.listdir("/proc/self/task"))
         self._send({"hello": os.getpid(), "interp": read_status(), "threads": threads})
 
@@ -215,22 +219,28 @@ class Worker:
         self.minflt, self.majflt = saved
 
 
-def populate_own_memory() -> None:
-    """Fault in every page of this process's writable private mappings outside the window.
+def populate_own_memory(write: bool) -> None:
+    """Fault in every page of this process's mappings outside the window: its writable private
+    memory for writing (``write``: a forked worker's is present already, as its parent's), and
+    the rest, the interpreter's and its libraries' code and read-only data, for reading.
 
     Which pages the interpreter touches next depends on where its allocator and its stack happen to
-    be (the environment's size moves the stack, for one); with every page already present, no later
-    allocation or call changes its RSS or page tables."""
+    be (the environment's size moves the stack, for one), and which code pages a later call needs
+    that fault-around has not mapped yet; with every page already present, no later allocation or
+    call changes its RSS or page tables."""
     with open("/proc/self/maps", "rb") as f:
         lines = f.read().split(b"\n")
     for line in lines:
         fields = line.split()
-        if len(fields) < 2 or fields[1][1:2] != b"w" or fields[1][3:4] != b"p":
+        if len(fields) < 2 or fields[1][:1] != b"r":
             continue
         start, end = (int(x, 16) for x in fields[0].split(b"-"))
-        if end <= WINDOW[0] or start >= WINDOW[1]:
-            with contextlib.suppress(OSError):  # a mapping the kernel will not populate ([vvar] and the like)
-                syscalls.madvise(start, end - start, syscalls.MADV_POPULATE_WRITE)
+        if (WINDOW[0] < end and start < WINDOW[1]) or end - start > POPULATE_MAX:
+            continue
+        private_writable = fields[1][1:2] == b"w" and fields[1][3:4] == b"p"
+        advice = syscalls.MADV_POPULATE_WRITE if write and private_writable else syscalls.MADV_POPULATE_READ
+        with contextlib.suppress(OSError):  # a mapping the kernel will not populate ([vvar] and the like)
+            syscalls.madvise(start, end - start, advice)
 
 
 def _wait_gone(pid: int) -> None:
