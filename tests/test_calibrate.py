@@ -285,11 +285,19 @@ def test_quick_calibration_on_this_kernel(tmp_path):
     _nothing_left(tag, before, hugepages)
     doc = json.loads(out)
     profile = load_profile(tmp_path / "quick.toml")
-    measured = {n for n, e in doc["events"].items() if e["source"] == "measured"}
-    assert {"ptes_copied", "pgtable_alloc", "pgtable_free", "ptes_zapped", "pages_freed", "fault_zero",
-            "fault_file", "fault_around_ptes", "page_alloc", "fault_wp_reuse"} <= measured
-    for name in measured:
-        assert profile.ns[name] == pytest.approx(doc["events"][name]["ns"], abs=0.5)
+    # every event the quick families exercise was seen, and is either measured (and written as
+    # measured) or kept from the base profile with the reason (a fit too noisy to resolve it)
+    exercised = {"ptes_copied", "pgtable_alloc", "pgtable_free", "ptes_zapped", "pages_freed", "fault_zero",
+                 "fault_file", "fault_around_ptes", "page_alloc", "fault_wp_reuse"}
+    for name in exercised:
+        event = doc["events"][name]
+        assert event["samples"] > 0, name
+        if event["source"] == "measured":
+            assert profile.ns[name] == pytest.approx(event["ns"], abs=0.5)
+        else:
+            assert event["source"] == "kept" and event["why"], name
+            assert profile.ns[name] == pytest.approx(event["base_ns"], abs=0.5)
+    assert any(doc["events"][name]["source"] == "measured" for name in exercised)
     for op in ("touch", "fork", "munmap"):
         assert doc["ops"][op]["samples"] > 0 and math.isfinite(doc["ops"][op]["r2"]) and doc["ops"][op]["r2"] <= 1
 
