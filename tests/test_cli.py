@@ -108,3 +108,33 @@ def test_policies(capsys):
 
 def test_check_flag_runs_the_invariants(tmp_path, capsys):
     assert main(["run", _scenario(tmp_path), "--check", "--policy", "shared-pt"]) == 0
+
+
+def test_output_that_cannot_be_written_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    import ptshare.scenario as scenario_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ran before checking -o")
+
+    monkeypatch.setattr(scenario_module, "run", must_not_run)
+    for command in ("run", "compare"):
+        assert main([command, _scenario(tmp_path), "-o", str(tmp_path / "no" / "such" / "out.json")]) == 2
+        assert "the directory" in capsys.readouterr().err
+        assert main([command, _scenario(tmp_path), "-o", str(tmp_path)]) == 2
+        assert "is a directory" in capsys.readouterr().err
+
+
+def test_output_that_fails_to_write_is_printed_instead(tmp_path, capsys):
+    """A full disk after the run: the result goes to stdout, and the error names the file."""
+    assert main(["run", _scenario(tmp_path), "--format", "json", "-o", "/dev/full"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["scenario"] == "cli"
+    assert "cannot write /dev/full" in captured.err and "printed above" in captured.err
+
+
+def test_a_profile_that_is_not_text_is_refused(tmp_path, capsys):
+    profile = tmp_path / "p.toml"
+    profile.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["run", _scenario(tmp_path), "--profile", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert "not a text file" in err and "Traceback" not in err

@@ -45,7 +45,10 @@ def load_profile(path: str | Path | None = None) -> CostModel:
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise UsageError(f"cannot read cost profile {path}: {exc}") from None
+            raise UsageError(f"cannot read cost profile {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"cost profile {path} is not a text file (TOML, UTF-8); "
+                             "make one with 'ptshare calibrate'") from None
         where = str(path)
     try:
         data = tomllib.loads(text)

@@ -6,8 +6,8 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
+from ..cli.output import check_output, write_output
 from ..cli.render import table
 from ..errors import UsageError
 from ..machine import describe
@@ -43,6 +43,7 @@ def cmd_bench(args) -> int:
     for name in names:
         if name not in ALL:
             raise UsageError(f"unknown bench case {name!r}; cases: {', '.join(ALL)}")
+    check_output(args.output, "bench-results.json")
     rows, docs = [], []
     for name in names:
         case = ALL[name]
@@ -73,8 +74,7 @@ def cmd_bench(args) -> int:
         print()
         print("simulating under linux against this machine's kernel doing it (under 1: the simulator is faster)")
         print(table(["case", "step", "sim wall", "kernel wall", "sim / kernel"], host, "llrrr"))
-    Path(args.output).write_text(json.dumps({"schema": "ptshare.bench/1", "machine": describe(),
-                                             "repeat": args.repeat, "scale": args.scale, "results": docs,
-                                             "vs_host": host_records}, indent=1) + "\n")
+    write_output(json.dumps({"schema": "ptshare.bench/1", "machine": describe(), "repeat": args.repeat,
+                             "scale": args.scale, "results": docs, "vs_host": host_records}, indent=1), args.output)
     print(f"results written to {args.output}")
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from ..cli.output import check_output, write_output
 from ..cli.progress import Progress
 from ..errors import UsageError
 
@@ -42,18 +42,6 @@ def _repeat(text: str) -> int:
     return n
 
 
-def check_output(path: str) -> None:
-    """Refuse an output path that cannot be written before spending minutes measuring."""
-    target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"-o {path}: is a directory; give a file name such as {target / 'profile.toml'}")
-    parent = target.parent
-    if not parent.is_dir():
-        raise UsageError(f"-o {path}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"-o {path}: not writable by this user")
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..cost import load_profile
     from . import profile, report
@@ -62,7 +50,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.name.strip():
         raise UsageError("--name must not be empty")
     if args.output:
-        check_output(args.output)
+        check_output(args.output, "profile.toml")
     base = load_profile(args.base)
     base_text = _profile_text(args.base)
     progress = Progress("calibrate")
@@ -72,10 +60,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         progress.close()
     text = profile.render(cal.fit, cal.provenance, args.name, base_text)
     if args.output:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            raise UsageError(f"-o {args.output}: {exc.strerror}") from None
+        write_output(text, args.output)  # should it fail, the profile is printed, not lost
     if args.format == "json":
         print(report.report_json(cal, base, text, args.output))
     else:

@@ -11,11 +11,11 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from ..errors import PtshareError, ScenarioError, UsageError
 from ..policies import POLICIES
 from . import render
+from .output import check_output, write_output
 from .progress import Progress
 
 FORMATS = ("table", "json", "csv")
@@ -66,6 +66,8 @@ def _run_all(scenario, policies: list[str], args) -> tuple[list, PtshareError | 
 def cmd_run(args) -> int:
     scenario = _load(args.scenario)
     policies = _policies(args.policy)
+    if args.output:
+        check_output(args.output)
     if args.backend == "host":
         from ..host.backend import run_host
 
@@ -86,19 +88,16 @@ def _emit_runs(results: list, fmt: str, output: str | None) -> None:
         text = render.run_csv(results)
     else:
         text = "\n\n".join(render.run_table(r) for r in results)
-    _write(text, output)
-
-
-def _write(text: str, output: str | None) -> None:
-    if output:
-        Path(output).write_text(text if text.endswith("\n") else text + "\n")
-    elif text:
-        print(text)
+    if text:
+        write_output(text, output)
 
 
 def cmd_compare(args) -> int:
     scenario = _load(args.scenario)
-    results, error = _run_all(scenario, _policies(args.policy), args)
+    policies = _policies(args.policy)
+    if args.output:
+        check_output(args.output)
+    results, error = _run_all(scenario, policies, args)
     complete = [r for r in results if r.complete]
     if complete:
         if args.format == "json":
@@ -107,7 +106,7 @@ def cmd_compare(args) -> int:
             text = render.compare_csv(complete)
         else:
             text = render.compare_table(complete)
-        _write(text, args.output)
+        write_output(text, args.output)
     if error is not None:
         raise error
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from ..cli.output import check_output, write_output
 from ..cli.progress import Progress
 
 SUITE = Path(__file__).resolve().parents[3] / "scenarios" / "validate"
@@ -44,6 +44,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     scenarios = validate.load_all(args.scenarios or [str(SUITE)])
     cost = load_profile(args.profile)
+    if args.output:
+        check_output(args.output)
     verdicts = []
     progress = Progress("validate")
     try:
@@ -53,9 +55,5 @@ def cmd_validate(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     text = validate.report_json(verdicts) if args.format == "json" else validate.report_text(verdicts, args.summary)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    else:
-        print(text)
-        sys.stdout.flush()
+    write_output(text, args.output)
     return 0 if all(v.ok for v in verdicts) else 1

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli.output import check_output, write_output
 from ..errors import PtshareError, UsageError
 from ..policies import POLICIES
 from .store import load, save
@@ -87,18 +88,14 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
     policies = _policies(args.policy)
     cost = load_profile(args.profile)
+    if args.output:
+        check_output(args.output)
     snapshot = load(args.snapshot)
     if not snapshot.processes:
         raise UsageError(f"{args.snapshot} holds no process")
     doc = whatif(snapshot, policies, cost, source=args.snapshot)
     text = json.dumps(doc, indent=1) if args.format == "json" else whatif_table(doc)
-    if args.output:
-        try:
-            Path(args.output).write_text(text + "\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
-    else:
-        print(text)
+    write_output(text, args.output)
     if snapshot.partial:
         _messages("partial snapshot", snapshot.problems)
     return 0
