@@ -121,3 +121,38 @@ def test_an_operation_flushes_each_mm_it_changed_once():
     assert flushes() == before + 4
     s.exit("c")  # nothing left mapped: nothing to flush
     assert flushes() == before + 4
+
+
+def test_zapping_tells_the_zero_page_anonymous_and_page_cache_pages_apart():
+    # zap_present_ptes(): the zero page is no normal page (the entry is only cleared); an anonymous
+    # page loses its rmap and reference (and is freed with its last one); a page-cache page is also
+    # marked accessed and stays in the cache.  Calibration prices the three apart.
+    s = System("linux", check=True)
+    s.create_object("seg", "shmem", 4 * MiB)
+    s.spawn("p")
+    a = s.mmap("p", 4 * MiB, addr=BASE, fixed=True)
+    s.touch("p", a, MiB, write=True)  # 256 anonymous pages
+    s.touch("p", a + 2 * MiB, MiB)  # 256 zero-page entries
+    b = s.mmap("p", 4 * MiB, object="seg", shared=True, addr=BASE + 8 * MiB, fixed=True)
+    s.touch("p", b, 2 * MiB, write=True)  # 512 shmem pages
+    s.fork("p", "c")  # the child shares the anonymous pages: its exit frees none of them
+    before = s.events()
+    s.exit("c")
+    after = s.events()
+
+    def delta(name: str) -> int:
+        return after[name] - before[name]
+
+    assert delta("ptes_zapped") == 256 + 256  # fork copied only the anonymous VMA's entries
+    assert (delta("ptes_zapped_rmap"), delta("ptes_zapped_file"), delta("pages_freed")) == (256, 0, 0)
+    assert delta("vmas_freed") == 2
+    before = after
+    s.munmap("p", b, 4 * MiB)
+    after = s.events()
+    assert (delta("ptes_zapped"), delta("ptes_zapped_rmap"), delta("ptes_zapped_file")) == (512, 512, 512)
+    assert (delta("pages_freed"), delta("vmas_freed")) == (0, 1)
+    before = after
+    s.exit("p")
+    after = s.events()
+    assert (delta("ptes_zapped"), delta("ptes_zapped_rmap"), delta("ptes_zapped_file")) == (512, 256, 0)
+    assert (delta("pages_freed"), delta("vmas_freed")) == (256, 1)

@@ -34,6 +34,10 @@ EVENTS: dict[str, str] = {
     "vmas_skipped": "VMAs whose page tables fork did not copy (lazy copy)",
     # teardown
     "ptes_zapped": "present PTEs cleared by zap_pte_range (munmap, madvise, exit, truncate)",
+    "ptes_zapped_rmap": "of ptes_zapped, those that mapped a page, not the zero page: its rmap and reference dropped",
+    "ptes_zapped_file": "of ptes_zapped_rmap, those that mapped a page-cache page (file, shmem): marked accessed, "
+                        "left in the cache",
+    "vmas_freed": "VMAs torn down by munmap, mremap, exit and exec (remove_vma)",
     "pages_freed": "data frames returned to the allocator",
     "exit": "exit_mmap() calls",
     "exec": "exec() calls",

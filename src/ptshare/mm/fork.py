@@ -287,6 +287,7 @@ def exit_mmap(k: Kernel, mm: MM) -> None:
     for vma in vmas:
         mm.remove_vma(vma)
         release_object(k, vma.obj)
+    k.events.add("vmas_freed", len(vmas))
     k.free_mm(mm)
 
 

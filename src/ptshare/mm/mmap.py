@@ -284,6 +284,7 @@ def unmap_region(k: Kernel, mm: MM, victims: list[VMA]) -> None:
     for vma in victims:
         mm.remove_vma(vma)
         release_object(k, vma.obj)
+    k.events.add("vmas_freed", len(victims))
     prev, nxt = mm.prev_next(start, end)
     floor = prev.vm_end if prev is not None else 0
     ceiling = nxt.vm_start if nxt is not None else 0
