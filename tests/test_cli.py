@@ -138,3 +138,14 @@ def test_a_profile_that_is_not_text_is_refused(tmp_path, capsys):
     assert main(["run", _scenario(tmp_path), "--profile", str(profile)]) == 2
     err = capsys.readouterr().err
     assert "not a text file" in err and "Traceback" not in err
+
+
+def test_a_profile_with_a_number_that_is_not_finite_is_refused(tmp_path, capsys):
+    for bad in ("nan", "inf"):
+        profile = tmp_path / "p.toml"
+        profile.write_text(f"[ns]\nfault = {bad}\n")
+        assert main(["run", _scenario(tmp_path), "--profile", str(profile)]) == 2
+        err = capsys.readouterr().err
+        assert f"fault = {bad} must be a non-negative, finite number of nanoseconds" in err
+    assert main(["run", _scenario(tmp_path), "--profile", "/dev/zero"]) == 2
+    assert "is not a file" in capsys.readouterr().err

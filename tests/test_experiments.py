@@ -184,6 +184,12 @@ def test_experiment_command_json(tmp_path, capsys):
     (["experiment", "aslr", "--figure", "x.pdf"], "--figure x.pdf: the file name must end in .png or .svg"),
     (["results", "--experiment", "nope"], "unknown experiment 'nope'"),
     (["results", "--export", "runs.xlsx"], "the file name must end in .csv or .parquet"),
+    (["experiment", "aslr", "--set", "seed=-1"], "--set seed=-1: the value must be a whole number, 0 or more"),
+    (["experiment", "database", "--set", "zipf_s=nan"], "--set zipf_s=nan: the value must be a finite number"),
+    (["experiment", "database", "--set", "zipf_s=20"], "zipf_s must be at most 10"),
+    (["experiment", "aslr", "--figure", "/nonexistent/f.png"], "--figure /nonexistent/f.png: the directory"),
+    (["results", "--export", "/nonexistent/runs.csv"], "--export /nonexistent/runs.csv: the directory"),
+    (["report", "--out", __file__], "exists and is not a directory"),
 ])
 def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, argv, message):
     ResultsDB(tmp_path / "r.db").close()

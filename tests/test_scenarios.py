@@ -161,3 +161,67 @@ def test_cli_runs_as_a_module_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ptshare", "run", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown op" in proc.stderr
+
+
+def _run_fails(tmp_path, capsys, text: str, message: str, *argv: str) -> tuple[str, str]:
+    path = _write(tmp_path, text)
+    assert main(["run", str(path), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and "Traceback" not in err, err
+    assert err.startswith(f"ptshare: {path}:")
+    return out, err
+
+
+SPAWN_P = 'name = "x"\n[[steps]]\nop = "spawn"\npid = "p"\n'
+
+
+def test_more_than_this_machine_can_simulate_is_an_error_with_what_ran(tmp_path, capsys):
+    # 10^15 random accesses, a truncate to 100 PiB, a 128 PiB object: arrays no machine holds.  The
+    # error names the step (or the object), and the steps before it are printed.
+    touch = SPAWN_P + ('[[steps]]\nop = "mmap"\npid = "p"\nvma = "m"\nsize = "1GiB"\n'
+                       '[[steps]]\nop = "touch"\npid = "p"\nvma = "m"\npattern = "random"\ncount = 1000000000000000\n')
+    out, _ = _run_fails(tmp_path, capsys, touch, "step 2 (touch): the simulator ran out of this machine's memory",
+                        "--format", "json")
+    assert json.loads(out)["complete"] is False and len(json.loads(out)["steps"]) == 2
+    objects = 'name = "x"\n[[objects]]\nname = "o"\nkind = "shmem"\nsize = "{}"\n[[steps]]\nop = "spawn"\npid = "p"\n'
+    truncate = objects.format("4KiB") + '[[steps]]\nop = "truncate"\nobject = "o"\nsize = "100PiB"\n'
+    _run_fails(tmp_path, capsys, truncate, "step 1 (truncate): the simulator ran out of this machine's memory")
+    _run_fails(tmp_path, capsys, objects.format("128PiB"),
+               "object 'o': 128 PiB is more than this machine has the memory to simulate")
+
+
+def test_a_spawn_the_machine_has_no_memory_for_names_its_step(tmp_path, capsys):
+    text = ('name = "x"\n[machine]\nmemory = "1MiB"\n[[steps]]\nop = "spawn"\npid = "p"\n'
+            '[[steps]]\nop = "spawn"\npid = "q{i}"\nrepeat = 300\n')
+    out, _ = _run_fails(tmp_path, capsys, text, "step 1 (spawn): out of memory", "--format", "json")
+    assert len(json.loads(out)["steps"]) == 1  # the first spawn ran and is kept
+
+
+def test_mremap_outside_the_user_address_space_is_einval(tmp_path, capsys):
+    text = SPAWN_P + ('[[steps]]\nop = "mmap"\npid = "p"\nvma = "m"\nsize = "8KiB"\n'
+                      '[[steps]]\nop = "mremap"\npid = "p"\nvma = "m"\nsize = "8KiB"\naddr = "0x800000000000"\n')
+    _run_fails(tmp_path, capsys, text, "EINVAL: mremap destination 0x800000000000+0x2000 is not inside the user")
+    _run_fails(tmp_path, capsys, text.replace("0x800000000000", "0x1000"), "is not inside the user address space")
+
+
+def test_an_error_in_a_repeated_field_names_the_file(tmp_path, capsys):
+    text = SPAWN_P + '[[steps]]\nop = "mmap"\npid = "p"\nvma = "v{i}"\nsize = "{i}MiB"\nrepeat = 3\n'
+    _run_fails(tmp_path, capsys, text, "size must be more than 0")
+
+
+def test_a_device_is_not_read_as_a_scenario(capsys):
+    assert main(["run", "/dev/zero"]) == 2
+    assert "not a file" in capsys.readouterr().err
+
+
+def test_truncate_to_zero_is_ftruncate_to_zero():
+    sc = loads('name = "z"\n[[objects]]\nname = "o"\nkind = "shmem"\nsize = "1MiB"\n'
+               '[[steps]]\nop = "spawn"\npid = "p"\n'
+               '[[steps]]\nop = "mmap"\npid = "p"\nvma = "m"\nobject = "o"\nshared = true\n'
+               '[[steps]]\nop = "touch"\npid = "p"\nvma = "m"\naccess = "write"\n'
+               '[[steps]]\nop = "truncate"\nobject = "o"\nsize = "0"\n'
+               '[[steps]]\nop = "touch"\npid = "p"\nvma = "m"\n')
+    for policy in ("linux", "shared-pt"):
+        final = run(sc, policy, check=True).final
+        assert final.processes["p"]["rss_kb"] == 0
+        assert final.signals[0]["signal"] == "SIGBUS"

@@ -7,6 +7,7 @@ to nanoseconds.  The default one ships with ptshare and names the machine it was
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .files import readable_file
 from .mm.events import EVENTS, NAMES
 
 
@@ -43,6 +45,8 @@ def load_profile(path: str | Path | None = None) -> CostModel:
         where = "the default profile"
     else:
         try:
+            if not readable_file(Path(path)):
+                raise UsageError(f"cost profile {path} is not a file (a profile is a TOML file)")
             text = Path(path).read_text()
         except OSError as exc:
             raise UsageError(f"cannot read cost profile {path}: {exc.strerror or exc}") from None
@@ -60,7 +64,7 @@ def load_profile(path: str | Path | None = None) -> CostModel:
     for key, value in ns.items():
         if key not in EVENTS:
             raise UsageError(f"{where}: unknown event {key!r}; events are: {', '.join(NAMES)}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise UsageError(f"{where}: {key} = {value!r} must be a non-negative number of nanoseconds")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise UsageError(f"{where}: {key} = {value!r} must be a non-negative, finite number of nanoseconds")
     return CostModel(str(data.get("name", where)), str(data.get("machine", "unknown")),
                      {k: float(v) for k, v in ns.items()})

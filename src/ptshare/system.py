@@ -142,7 +142,7 @@ class System:
     def spawn(self, name: str) -> None:
         """A new process from exec: an empty address space with its own randomised mmap_base."""
         self._new_name(name)
-        mm = self.k.new_mm(self._mmap_base())
+        mm = self._run(None, lambda: self.k.new_mm(self._mmap_base()))
         task = Task(pid=self.k.new_pid(), name=name, mm=mm)
         self.k.tasks.append(task)
         self._tasks[name] = task
@@ -170,7 +170,7 @@ class System:
             return self.fixed_mmap_base
         return _mmap.mmap_base(self.k, self.k.geom.task_size)
 
-    def _run(self, task: Task, op):
+    def _run(self, task: Task | None, op):
         try:
             return op()
         except (MmError, OutOfMemory) as exc:

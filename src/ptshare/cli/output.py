@@ -10,16 +10,16 @@ from pathlib import Path
 from ..errors import UsageError
 
 
-def check_output(path: str, example: str = "out.json") -> None:
+def check_output(path: str, example: str = "out.json", option: str = "-o") -> None:
     """Refuse an output path that cannot be written, before spending time computing what goes there."""
     target = Path(path)
     if target.is_dir():
-        raise UsageError(f"-o {path}: is a directory; give a file name such as {target / example}")
+        raise UsageError(f"{option} {path}: is a directory; give a file name such as {target / example}")
     parent = target.parent
     if not parent.is_dir():
-        raise UsageError(f"-o {path}: the directory {parent} does not exist")
+        raise UsageError(f"{option} {path}: the directory {parent} does not exist")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"-o {path}: not writable by this user")
+        raise UsageError(f"{option} {path}: not writable by this user")
 
 
 def write_output(text: str, path: str | None) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli.output import check_output
 from ..errors import UsageError
 from .db import ResultsDB, default_path
 from .registry import EXPERIMENTS
@@ -93,13 +94,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .runner import run_experiment
 
     exp, params = _params(args.name, args.set, args.quick, args.with_host)
-    if args.figure and Path(args.figure).suffix.lower() not in (".png", ".svg"):
-        raise UsageError(f"--figure {args.figure}: the file name must end in .png or .svg")
+    if args.figure:
+        if Path(args.figure).suffix.lower() not in (".png", ".svg"):
+            raise UsageError(f"--figure {args.figure}: the file name must end in .png or .svg")
+        check_output(args.figure, "figure.png", "--figure")
     with _db(args.db) as db:
         outcome, tally = run_experiment(exp, params, db)
         where = str(db.path)
     if args.figure:
-        _figure(outcome, Path(args.figure))
+        try:
+            _figure(outcome, Path(args.figure))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.figure}: {exc.strerror or exc}; the runs are stored in {where}, "
+                             "and the same command again reuses them") from None
     if args.format == "json":
         doc = {**outcome.to_json(), "runs": {"made": tally.ran, "reused": tally.reused}, "db": where}
         print(json.dumps(doc, indent=1))
@@ -136,10 +143,15 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     if args.experiment is not None and args.experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {args.experiment!r}; experiments: {', '.join(EXPERIMENTS)}")
+    if args.export:
+        check_output(args.export, "runs.csv", "--export")
     with _db(args.db, create=False) as db:
         runs = db.runs(args.experiment, args.policy, args.scenario)
     if args.export:
-        export(runs, Path(args.export))
+        try:
+            export(runs, Path(args.export))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.export}: {exc.strerror or exc}") from None
         print(f"{len(runs)} runs written to {args.export}")
         return 0
     if args.format == "json":
@@ -166,8 +178,14 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
     with _db(args.db, create=False) as db:
-        path = write_report(db, Path(args.out))
+        try:
+            path = write_report(db, out)
+        except OSError as exc:
+            raise UsageError(f"cannot write the report in {out}: {exc.strerror or exc}") from None
     print(path)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import UsageError
@@ -16,12 +17,14 @@ def _convert(key: str, text: str, like: Any) -> Any:
             if text.lower() not in _TRUE + _FALSE:
                 raise ValueError
             return text.lower() in _TRUE
-        if isinstance(like, int):
-            return int(text)
-        if isinstance(like, float):
-            return float(text)
+        if isinstance(like, int | float):
+            number = int(text) if isinstance(like, int) else float(text)
+            if not 0 <= number < math.inf:  # counts, sizes, fractions, exponents, seeds: none is negative
+                raise ValueError
+            return number
     except ValueError:
-        kind = {bool: "true or false", int: "a whole number", float: "a number"}[type(like)]
+        kind = {bool: "true or false", int: "a whole number, 0 or more",
+                float: "a finite number, 0 or more"}[type(like)]
         raise UsageError(f"--set {key}={text}: the value must be {kind}") from None
     return text
 

@@ -25,7 +25,7 @@ from ..arch import (
 )
 from ..errors import MmError
 from .access import Accesses, spans_touched
-from .mmap import get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
+from .mmap import MMAP_MIN_ADDR, get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
 from .translate import lookup
 from .vma import VMA
@@ -47,6 +47,10 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_ad
     new_size = -(-new_size // PAGE_SIZE) * PAGE_SIZE
     if new_size == 0:
         raise MmError("EINVAL", "mremap to size 0")
+    if new_addr is not None and (new_size > mm.task_size or new_addr > mm.task_size - new_size
+                                 or new_addr < MMAP_MIN_ADDR):  # mremap_to(), and mmap_min_addr
+        raise MmError("EINVAL", f"mremap destination {new_addr:#x}+{new_size:#x} is not inside the user address "
+                      f"space [{MMAP_MIN_ADDR:#x}, {mm.task_size:#x})")
     vma = mm.vma_lookup(addr)
     if vma is None or addr + old_size > vma.vm_end:
         raise MmError("EFAULT", f"mremap range {addr:#x}+{old_size:#x} is not inside one mapping")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ScenarioError
+from ..files import readable_file
 from .model import Machine, Scenario
 
 _MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base"}
@@ -64,6 +65,8 @@ def load(path: str | Path) -> Scenario:
     """Read and check a scenario file."""
     path = Path(path)
     try:
+        if not readable_file(path):
+            raise ScenarioError("not a file (a scenario is a TOML file)", str(path))
         text = path.read_text()
     except FileNotFoundError:
         raise ScenarioError("no such scenario file", str(path)) from None

@@ -80,6 +80,7 @@ class Step:
     repeat: int = 1
     line: int | None = None
     keylines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    file: str | None = field(default=None, compare=False, repr=False)  # the scenario file, for errors
 
     def expand(self) -> list[dict[str, Any]]:
         """The concrete steps: ``{i}`` substituted and sizes parsed."""
@@ -108,7 +109,7 @@ def _convert(key: str, value: Any, step: Step | None, i: int | None = None, file
              line: int | None = None) -> Any:
     """Check and normalise one field.  Strings holding ``{i}`` are checked after substitution."""
     if step is not None:
-        file, line = None, step.where(key)
+        file, line = step.file, step.where(key)
     if isinstance(value, str) and "{i}" in value and i is None:
         return value
     if key in _SIZE_FIELDS:
@@ -120,8 +121,8 @@ def _convert(key: str, value: Any, step: Step | None, i: int | None = None, file
             raise _fail(f"{key} = {value!r} is not a multiple of the 4 KiB page size", file, line)
         if key == "stride" and (number < PAGE_SIZE or number % PAGE_SIZE):
             raise _fail(f"stride = {value!r} must be a positive multiple of 4 KiB", file, line)
-        if key in ("size", "length") and number == 0:
-            raise _fail(f"{key} must be more than 0", file, line)
+        if key in ("size", "length") and number == 0 and not (step is not None and step.op == "truncate"):
+            raise _fail(f"{key} must be more than 0", file, line)  # truncate to 0 is ftruncate(fd, 0)
         return number
     if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
@@ -218,7 +219,7 @@ class Scenario:
         if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 10_000_000:
             raise _fail(f"repeat = {repeat!r} must be a whole number from 1 to 10000000", self.path,
                         keylines.get("repeat", line))
-        step = Step(op, len(self.steps), {}, repeat, line, dict(keylines))
+        step = Step(op, len(self.steps), {}, repeat, line, dict(keylines), self.path)
         clean = {}
         for key, value in fields.items():
             try:
@@ -237,7 +238,7 @@ class Scenario:
         if op == "truncate" and not any(o.name == clean["object"] for o in self.objects):
             raise _fail(f"truncate names object {clean['object']!r}, which is not declared in [[objects]]",
                         self.path, step.where("object"))
-        self.steps.append(Step(op, len(self.steps), clean, repeat, line, dict(keylines)))
+        self.steps.append(Step(op, len(self.steps), clean, repeat, line, dict(keylines), self.path))
 
     @property
     def nr_operations(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from ..cost import CostModel, load_profile
 from ..errors import ScenarioError
 from ..system import Signal, SimulationError, System
+from ..units import format_size
 from .model import Scenario, Step
 from .patterns import accesses
 
@@ -153,7 +154,12 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
                     mmap_base=m.mmap_base, check=check)
     for obj in scenario.objects:
-        system.create_object(obj.name, obj.kind, obj.size)
+        try:
+            system.create_object(obj.name, obj.kind, obj.size)
+        except MemoryError:
+            raise ScenarioError(f"object {obj.name!r}: {format_size(obj.size)} is more than this machine has the "
+                                "memory to simulate (its page cache is an array of one entry per page)",
+                                scenario.path, obj.line) from None
     runner = Runner(scenario, system)
     results: list[StepResult] = []
     total = scenario.nr_operations
@@ -166,8 +172,10 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
         for fields in step.expand():
             try:
                 sig = runner.execute(step, fields)
-            except SimulationError as exc:
-                error = ScenarioError(f"step {step.index} ({step.op}): {exc}", scenario.path, step.line)
+            except (SimulationError, MemoryError) as exc:
+                what = str(exc) if isinstance(exc, SimulationError) else \
+                    f"the simulator ran out of this machine's memory ({exc}); make the scenario smaller"
+                error = ScenarioError(f"step {step.index} ({step.op}): {what}", scenario.path, step.line)
                 error.partial = _result(scenario, system, results, cost, started, complete=False,  # type: ignore[attr-defined]
                                         error=str(error))
                 raise error from None
