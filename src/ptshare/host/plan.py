@@ -19,7 +19,7 @@ from ..errors import ScenarioError
 from ..mm.frames import PG_ANON, PG_HUGE
 from ..scenario.model import Scenario, Step
 from ..scenario.patterns import accesses
-from ..scenario.run import Runner
+from ..scenario.run import Runner, create_objects, step_error
 from ..system import SimulationError, System
 from .worker import WINDOW
 
@@ -79,8 +79,7 @@ def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
     scenario = host_scenario(scenario)
     m = scenario.machine
     system = System("linux", memory=m.memory, cpus=m.cpus, aslr_bits=0, seed=m.seed, mmap_base=m.mmap_base)
-    for obj in scenario.objects:
-        system.create_object(obj.name, obj.kind, obj.size)
+    create_objects(scenario, system)
     planner = _Planner(scenario, system)
     steps: list[PlannedStep] = []
     error = None
@@ -88,8 +87,8 @@ def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
         before = system.k.events.snapshot()
         try:
             ops, signals = planner.step(step)
-        except SimulationError as exc:
-            error = ScenarioError(f"step {step.index} ({step.op}): {exc}", scenario.path, step.line)
+        except (SimulationError, MemoryError) as exc:
+            error = step_error(scenario, step, exc)
             break
         except ScenarioError as exc:
             error = exc.located(scenario.path, step.line)

@@ -153,13 +153,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
                     mmap_base=m.mmap_base, check=check)
-    for obj in scenario.objects:
-        try:
-            system.create_object(obj.name, obj.kind, obj.size)
-        except MemoryError:
-            raise ScenarioError(f"object {obj.name!r}: {format_size(obj.size)} is more than this machine has the "
-                                "memory to simulate (its page cache is an array of one entry per page)",
-                                scenario.path, obj.line) from None
+    create_objects(scenario, system)
     runner = Runner(scenario, system)
     results: list[StepResult] = []
     total = scenario.nr_operations
@@ -173,9 +167,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
             try:
                 sig = runner.execute(step, fields)
             except (SimulationError, MemoryError) as exc:
-                what = str(exc) if isinstance(exc, SimulationError) else \
-                    f"the simulator ran out of this machine's memory ({exc}); make the scenario smaller"
-                error = ScenarioError(f"step {step.index} ({step.op}): {what}", scenario.path, step.line)
+                error = step_error(scenario, step, exc)
                 error.partial = _result(scenario, system, results, cost, started, complete=False,  # type: ignore[attr-defined]
                                         error=str(error))
                 raise error from None
@@ -192,6 +184,24 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
             processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta), wall_ns=wall,
             signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v}))
     return _result(scenario, system, results, cost, started)
+
+
+def create_objects(scenario: Scenario, system: System) -> None:
+    """The scenario's objects, in ``system``."""
+    for obj in scenario.objects:
+        try:
+            system.create_object(obj.name, obj.kind, obj.size)
+        except MemoryError:
+            raise ScenarioError(f"object {obj.name!r}: {format_size(obj.size)} is more than this machine has the "
+                                "memory to simulate (its page cache is an array of one entry per page)",
+                                scenario.path, obj.line) from None
+
+
+def step_error(scenario: Scenario, step: Step, exc: SimulationError | MemoryError) -> ScenarioError:
+    """A step the simulated kernel refused, or that this machine has not the memory to simulate."""
+    what = str(exc) if isinstance(exc, SimulationError) else \
+        f"the simulator ran out of this machine's memory ({exc}); make the scenario smaller"
+    return ScenarioError(f"step {step.index} ({step.op}): {what}", scenario.path, step.line)
 
 
 def _result(scenario: Scenario, system: System, results: list[StepResult], cost: CostModel, started: int,
