@@ -269,3 +269,92 @@ def test_whatif_leaves_out_a_mapping_it_cannot_model():
     assert doc["warnings"] == ["process 9: /obj0 at 0x7f0000001000 left out: EINVAL: hugetlb MAP_FIXED address "
                                "0x7f0000001000 is not 2 MiB-aligned"]
     assert doc["processes"]["9"]["policies"]["linux"]["vmpte_kb"] == 12
+
+
+# --- damaged fields of a real snapshot ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_snapshot(tmp_path_factory):
+    """A snapshot of this test process, as (path, metadata, arrays) to damage copies of."""
+    import os
+    import sys
+
+    from ptshare.snapshot import take
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc: Linux only")
+    path = tmp_path_factory.mktemp("own") / "own.npz"
+    save(take([os.getpid()]), path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return path, json.loads(arrays.pop("meta").tobytes()), arrays
+
+
+def _damaged_copy(tmp_path, meta, arrays):
+    path = tmp_path / "damaged.npz"
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    return path
+
+
+def test_real_snapshot_loads_undamaged(own_snapshot):
+    path, meta, arrays = own_snapshot
+    snap = load(path)
+    assert [p.pid for p in snap.processes] == [meta["processes"][0]["pid"]]
+    assert sum(len(p.vmas) for p in snap.processes) == len(arrays["vma_start"]) > 0
+
+
+def _with_perms(meta, arrays, perms):
+    meta["strings"][arrays["vma_perms"][0]] = perms
+
+
+def _with(key, value):
+    return lambda meta, arrays: meta.__setitem__(key, value)
+
+
+def _with_proc(key, value):
+    return lambda meta, arrays: meta["processes"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda m, a: _with_perms(m, a, ""), r"process \d+, VMA 0x[0-9a-f]+: perms '' must be 4 characters like 'rw-p'"),
+    (lambda m, a: _with_perms(m, a, "rwxq"), r"process \d+, VMA 0x[0-9a-f]+: perms 'rwxq' must be 4 characters"),
+    (_with("meminfo", "x"), r"metadata: meminfo must be a JSON object, not 'x'"),
+    (_with("problems", 1), r"metadata: problems must be a list, not 1"),
+    (_with_proc("status", [1]), r"process \d+: status must be a JSON object, not \[1\]"),
+    (_with_proc("cmdline", "bash"), r"process \d+: cmdline must be a list, not 'bash'"),
+    (_with_proc("pid", True), r"process number 0: pid must be an integer of at least 1, not True"),
+    (lambda m, a: m["objects"][0].__setitem__("size", 1.5), r"object 0: size must be an integer of at least 0"),
+])
+def test_damaged_field_names_it(own_snapshot, tmp_path, damage, message):
+    _, meta, arrays = own_snapshot
+    meta, arrays = json.loads(json.dumps(meta)), {k: v.copy() for k, v in arrays.items()}
+    damage(meta, arrays)
+    with pytest.raises(SnapshotError, match=r"damaged\.npz is damaged: " + message):
+        load(_damaged_copy(tmp_path, meta, arrays))
+
+
+def test_damaged_arrays_name_the_vma(own_snapshot, tmp_path):
+    _, meta, arrays = own_snapshot
+    bad = dict(arrays, vma_mapped_len=arrays["vma_mapped_len"][:-1])  # a column shorter than the others
+    with pytest.raises(SnapshotError, match=r"column vma_mapped_len has \d+ rows, not \d+"):
+        load(_damaged_copy(tmp_path, meta, bad))
+    start = arrays["vma_start"].copy()
+    start[0] += 1  # not page-aligned
+    with pytest.raises(SnapshotError, match=r"process \d+, VMA 0x[0-9a-f]+: start 0x[0-9a-f]+ and end 0x[0-9a-f]+ "
+                       "must be page-aligned"):
+        load(_damaged_copy(tmp_path, meta, dict(arrays, vma_start=start)))
+    i = int(np.flatnonzero(arrays["vma_mapped_enc"] != EMPTY)[0])
+    length = arrays["vma_mapped_len"].copy()
+    length[i] += 2  # the pages of a VMA reach past its runs or bitmap
+    with pytest.raises(SnapshotError, match=rf"VMA {int(arrays['vma_start'][i]):#x}: mapped pages: "):
+        load(_damaged_copy(tmp_path, meta, dict(arrays, vma_mapped_len=length)))
+
+
+def test_whatif_damaged_field_one_line_exit_2(own_snapshot, tmp_path, capsys):
+    _, meta, arrays = own_snapshot
+    meta = json.loads(json.dumps(meta))
+    _with_perms(meta, arrays, "")
+    path = _damaged_copy(tmp_path, meta, arrays)
+    assert main(["whatif", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ptshare: {path} is damaged: process ") and "perms ''" in err

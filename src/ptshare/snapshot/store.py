@@ -13,6 +13,7 @@ A VMA's ``written`` set equal to its ``mapped`` set is stored once (encoding ``S
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zipfile
@@ -20,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arch import PAGE_SIZE
 from ..errors import PtshareError
-from .model import SCHEMA, ObjectSnap, ProcessSnap, Snapshot, VmaSnap
-from .pageset import BITS, EMPTY, PageSet
+from .checks import Damaged, check_arrays, check_meta, check_object, check_process, check_vma, need, subset
+from .model import SCHEMA, Snapshot, VmaSnap
+from .pageset import BITS, EMPTY, RUNS, PageSet
+from .take import HPAGE_SIZE
 
 SAME = 3
 _INT_COLUMNS = ("start", "end", "offset", "inode", "kernel_page_kb", "rss_kb", "swap_kb", "anon_kb",
                 "zero_pages", "huge_pages", "swapped_pages", "object")
 _STR_COLUMNS = ("perms", "dev", "path", "vmflags", "kind")
+_PLANES = tuple(f"{p}_{x}" for p in ("mapped", "written") for x in ("enc", "off", "len"))
 _PROC_FIELDS = ("pid", "ppid", "comm", "cmdline", "starttime", "status", "read_ms", "attempts", "anon_shared_kb")
 
 
@@ -127,44 +132,88 @@ def load(path: str | Path) -> Snapshot:
         raise SnapshotError(f"{path} is a snapshot of format {schema!r}; this ptshare reads {SCHEMA!r}")
     try:
         return _build(meta, arrays)
+    except Damaged as exc:
+        raise SnapshotError(f"{path} is damaged: {exc}") from None
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
 
 
 def _build(meta: dict, arrays: dict[str, np.ndarray]) -> Snapshot:
+    """The snapshot ``meta`` and ``arrays`` describe, every field checked against what :func:`save` writes."""
+    check_meta(meta)
     strings = meta.pop("strings")
-    processes = [ProcessSnap(**{f: p[f] for f in _PROC_FIELDS}) for p in meta.pop("processes")]
-    objects = [ObjectSnap(**o) for o in meta.pop("objects")]
+    processes = [check_process(n, p, _PROC_FIELDS) for n, p in enumerate(meta.pop("processes"))]
+    objects = [check_object(n, o) for n, o in enumerate(meta.pop("objects"))]
+    pids = [p.pid for p in processes]
+    need(len(set(pids)) == len(pids), "processes", "the same pid appears twice; a snapshot reads each process once")
+    check_arrays(arrays, [f"vma_{c}" for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS, *_PLANES)] + ["runs", "bits"])
     n = len(arrays["vma_proc"])
-    for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS):
+    for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS, *_PLANES):
         if len(arrays[f"vma_{c}"]) != n:
             raise ValueError(f"column vma_{c} has {len(arrays[f'vma_{c}'])} rows, not {n}")
     ints = {c: arrays[f"vma_{c}"].tolist() for c in _INT_COLUMNS}
     strs = {c: arrays[f"vma_{c}"].tolist() for c in _STR_COLUMNS}
-    refs = {f"{p}_{x}": arrays[f"vma_{p}_{x}"].tolist() for p in ("mapped", "written") for x in ("enc", "off", "len")}
+    refs = {c: arrays[f"vma_{c}"].tolist() for c in _PLANES}
     runs, bits = arrays["runs"], arrays["bits"]
+    extent = [0] * len(objects)  # the furthest offset the VMAs of each object map
     for i, owner in enumerate(arrays["vma_proc"].tolist()):
-        npages = (ints["end"][i] - ints["start"][i]) >> 12
-        mapped = _pages(refs, "mapped", i, npages, runs, bits, None)
-        fields = {c: ints[c][i] for c in _INT_COLUMNS} | {c: strings[strs[c][i]] for c in _STR_COLUMNS}
-        vma = VmaSnap(**fields, mapped=mapped, written=_pages(refs, "written", i, npages, runs, bits, mapped))
-        if not -1 <= vma.object < len(objects) or vma.end <= vma.start:
-            raise ValueError(f"VMA {i} is inconsistent")
-        processes[owner].vmas.append(vma)
+        need(0 <= owner < len(processes), f"VMA row {i}", f"belongs to process number {owner}, but the snapshot "
+             f"holds {len(processes)} processes")
+        proc = processes[owner]
+        fields = {c: ints[c][i] for c in _INT_COLUMNS}
+        for c in _STR_COLUMNS:
+            ref = strs[c][i]
+            need(0 <= ref < len(strings), f"process {proc.pid}, VMA row {i}",
+                 f"{c} refers to string {ref}, but there are {len(strings)} strings")
+            fields[c] = strings[ref]
+        where = f"process {proc.pid}, VMA {fields['start']:#x}"
+        npages = check_vma(fields, len(objects), where)
+        mapped = _pages(refs, "mapped", i, npages, runs, bits, None, where)
+        written = _pages(refs, "written", i, npages, runs, bits, mapped, where)
+        vma = VmaSnap(**fields, mapped=mapped, written=written)
+        if vma.object >= 0:
+            need(vma.kind == objects[vma.object].kind, where, f"kind {vma.kind!r} must be that of its object "
+                 f"{vma.object}, {objects[vma.object].kind!r}")
+            extent[vma.object] = max(extent[vma.object], vma.offset + vma.end - vma.start)
+        proc.vmas.append(vma)
+    for proc in processes:
+        vmas = sorted(proc.vmas, key=lambda v: v.start)
+        for a, b in itertools.pairwise(vmas):
+            need(b.start >= a.end, f"process {proc.pid}, VMA {b.start:#x}",
+                 f"overlaps the VMA at {a.start:#x}-{a.end:#x}; the VMAs of a process are disjoint")
+    for k, obj in enumerate(objects):
+        unit = HPAGE_SIZE if obj.kind == "hugetlb" else PAGE_SIZE
+        size = -(-extent[k] // unit) * unit
+        need(obj.size == size, f"object {k} ({obj.path})", f"size {obj.size} must be {size}: the furthest offset "
+             f"its VMAs map, rounded up to {unit // 1024} kB")
     return Snapshot(meta, processes, objects)
 
 
 def _pages(refs: dict[str, list], plane: str, i: int, npages: int, runs: np.ndarray, bits: np.ndarray,
-           same: PageSet | None) -> PageSet:
+           same: PageSet | None, where: str) -> PageSet:
+    """The ``plane`` pages of VMA row ``i``; ``written`` pages must be some of the ``mapped`` ones (``same``)."""
     enc, off, length = refs[f"{plane}_enc"][i], refs[f"{plane}_off"][i], refs[f"{plane}_len"][i]
-    if enc == SAME and same is not None:
-        return same
+    where = f"{where}: {plane} pages"
+    encodings = (EMPTY, RUNS, BITS) if same is None else (EMPTY, RUNS, BITS, SAME)
+    need(enc in encodings, where, f"encoding {enc} must be one of {encodings}")
+    need(off >= 0 and length >= 0, where, f"offset {off} and length {length} must not be negative")
+    if enc in (EMPTY, SAME):
+        need(off == length == 0, where, f"offset {off} and length {length} must be 0 for encoding {enc}")
+        return same if enc == SAME and same is not None else PageSet.empty(npages)
     if enc == BITS:
-        if off + length > len(bits) or length != (npages + 7) // 8:
-            raise ValueError(f"VMA {i}: bitmap out of range")
-        return PageSet.from_payload(npages, enc, bits[off:off + length])
-    if enc == EMPTY:
-        return PageSet.empty(npages)
-    if off + length > len(runs) or length % 2:
-        raise ValueError(f"VMA {i}: runs out of range")
-    return PageSet.from_payload(npages, enc, runs[off:off + length])
+        need(length == (npages + 7) // 8 and off + length <= len(bits), where,
+             f"a bitmap of {length} bytes at {off} must be {(npages + 7) // 8} bytes within the {len(bits)} of bits")
+        pages = PageSet.from_payload(npages, enc, bits[off:off + length])
+    else:
+        need(length > 0 and length % 2 == 0 and off + length <= len(runs), where,
+             f"{length} numbers at {off} must be start, length pairs within the {len(runs)} of runs")
+        pairs = runs[off:off + length].astype(np.int64).reshape(-1, 2)
+        starts, lengths = pairs[:, 0], pairs[:, 1]
+        ok = bool((pairs >= 0).all() and (pairs <= npages).all() and (lengths > 0).all())
+        ends = starts + lengths
+        need(ok and bool((ends <= npages).all() and (starts[1:] >= ends[:-1]).all()), where,
+             f"runs must be sorted, disjoint and non-empty, within the VMA's {npages} pages")
+        pages = PageSet.from_payload(npages, enc, pairs)
+    if same is not None:
+        need(subset(pages, same), where, "must be some of its mapped pages")
+    return pages
