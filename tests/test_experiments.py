@@ -105,6 +105,10 @@ def test_database_claims(outcomes):
         assert f"{sig(faults[p])} faults and {sig(times[p])} µs" in o.sentences[1]
     assert faults["shared-pt"] < faults["linux"] < faults["lazy"]
     assert o.facts["cheapest"] == min(times, key=times.get)
+    # one all-CPU flush per exit that unshares (mmu_gather batching), not one per table
+    flushes, unshared = o.facts["shared-pt_flushes_all"], o.facts["shared-pt_unshared"]
+    assert 0 < flushes < unshared and f"unshared {unshared:,} tables with {flushes:,} all-CPU TLB flushes" in \
+        o.sentences[1]
     linux, shared = series(o, 3, "Linux 6.18").y, series(o, 3, "shared page tables (2006)").y
     freed = series(o, 3, "freed by sharing").y
     assert freed == pytest.approx([a - b for a, b in zip(linux, shared, strict=True)])
