@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli.options import whole_number
 from ..cli.output import check_output, write_output
 from ..cli.progress import Progress
 from ..errors import UsageError
@@ -23,23 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="PROFILE.toml", help="write the profile (TOML) to this file")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and few runs: under a minute, coarser (no hugetlb experiments)")
-    p.add_argument("--repeat", type=_repeat, metavar="N",
+    p.add_argument("--repeat", type=whole_number("--repeat", 1, MAX_REPEAT), metavar="N",
                    help="host runs of each scenario, whose median is fitted (default 5; 3 with --quick)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--base", metavar="PROFILE.toml",
                    help="where the costs calibration cannot measure come from (default: the shipped profile)")
     p.add_argument("--name", default="calibrated", help="the profile's name (default: calibrated)")
     p.set_defaults(func=cmd_calibrate)
-
-
-def _repeat(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_REPEAT:
-        raise argparse.ArgumentTypeError(f"--repeat takes a whole number from 1 to {MAX_REPEAT}, not {text!r}")
-    return n
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ..errors import UsageError
 from ..scenario import Machine, RunResult, Scenario
+from ..scenario.model import ZIPF_S_MAX
 from .base import (
     LABELS,
     WORDS,
@@ -92,8 +93,8 @@ class Database(Experiment):
         need_positive(params, "pool_gib", "groups", "group_size", "rounds", "txn_per_round", "pages_per_txn",
                       "zipf_s", "heap_mib", "ibm_pool_gib", "ibm_memory_gib", "ibm_agents")
         need_policies(params, "policies", "ibm_policies")
-        if params["zipf_s"] > 10:
-            raise UsageError(f"zipf_s must be at most 10, as a scenario's zipf_s (got {params['zipf_s']:g})")
+        if params["zipf_s"] > ZIPF_S_MAX:
+            raise UsageError(f"zipf_s must be at most {ZIPF_S_MAX}, as a scenario's zipf_s (got {params['zipf_s']:g})")
         if params["ibm_policies"] != ["linux", "shared-pt"]:
             raise UsageError("ibm_policies must be linux,shared-pt: the IBM figure is what shared-pt frees")
         if sorted(set(params["ibm_agents"])) != params["ibm_agents"]:

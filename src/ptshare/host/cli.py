@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli.options import whole_number
 from ..cli.output import check_output, write_output
 from ..cli.progress import Progress
 
@@ -20,22 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"scenario files or directories (default: the validation suite, {SUITE})")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--summary", action="store_true", help="one line per passing scenario")
-    p.add_argument("--runs", type=_runs, default=3, metavar="N",
+    p.add_argument("--runs", type=whole_number("--runs", 1), default=3, metavar="N",
                    help="host runs allowed for a scenario whose counters differ (the kernel's fault-around is "
                    "opportunistic); a scenario passes only if one agrees exactly (default 3; 1: no reruns)")
     p.add_argument("--profile", help="a cost profile (TOML) for the predicted times; default: the shipped one")
     p.add_argument("-o", "--output", help="write the report to this file instead of stdout")
     p.set_defaults(func=cmd_validate)
-
-
-def _runs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--runs takes a whole number of at least 1, not {text!r}")
-    return n
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

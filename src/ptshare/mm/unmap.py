@@ -112,9 +112,8 @@ def _zap_pmd(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int
     cleared += int(mask.sum())
     # A page-cache page is mapped implicitly (pfn 0: found through the VMA's object); the zero
     # page is no "normal" page to zap_present_ptes(), which only clears its entry.
-    file = int(np.count_nonzero(gone == 0))
     k.events.add("ptes_zapped_rmap", len(gone) - int(np.count_nonzero(gone == ZERO_PFN)))
-    k.events.add("ptes_zapped_file", file)
+    k.events.add("ptes_zapped_file", int(np.count_nonzero(gone == 0)))
     present &= ~mask
     write &= ~mask
     pfn[mask] = 0

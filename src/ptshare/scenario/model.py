@@ -43,6 +43,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 COMMON = ("op", "repeat")
 ACCESSES = ("read", "write")
 PATTERNS = ("sequential", "random", "zipf")
+ZIPF_S_MAX = 10  # the largest zipf exponent a touch takes
 ADVICE = ("dontneed",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:{}\-]+$")
 _SIZE_FIELDS = ("size", "offset", "length", "addr", "align", "stride")
@@ -142,8 +143,8 @@ def _convert(key: str, value: Any, step: Step | None, i: int | None = None, file
             raise _fail(f"{key} = {value} is too large", file, line)
         return value
     if key == "zipf_s":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 10:
-            raise _fail(f"zipf_s = {value!r} must be a number in (0, 10]", file, line)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= ZIPF_S_MAX:
+            raise _fail(f"zipf_s = {value!r} must be a number in (0, {ZIPF_S_MAX}]", file, line)
         return float(value)
     if key == "prot":
         if value not in PROTS:

@@ -10,13 +10,13 @@ import re
 import numpy as np
 
 from ..arch import PAGE_SHIFT, PAGE_SIZE
+from ..mm.pagecache import KINDS as OBJECT_KINDS
 from .model import ANON, SPECIAL, ObjectSnap, ProcessSnap
 from .pageset import EMPTY, RUNS, PageSet
 from .reader import USER_TOP
 
 _PERMS = re.compile(r"[r-][w-][x-][ps]")  # as /proc/PID/maps shows them
 _DEV = re.compile(r"[0-9a-f]+:[0-9a-f]+")  # major:minor in hex
-OBJECT_KINDS = ("shmem", "file", "hugetlb")
 _META = {"created": str, "host": str, "kernel": str, "machine": str, "method": str, "pfns_visible": bool,
          "page_size": int, "requested": int, "read_seconds": float, "meminfo": dict, "problems": list,
          "warnings": list, "processes": list, "objects": list, "strings": list}
