@@ -8,6 +8,7 @@ and nothing may be left.  ``make test PYTEST_ARGS=--long`` runs many more sequen
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -31,9 +32,11 @@ OBJECTS = {"shm": ("shmem", 8 * MiB), "file": ("file", 6 * MiB), "huge": ("huget
 
 
 class Oracle(RuleBasedStateMachine):
+    thp = "madvise"
+
     def __init__(self):
         super().__init__()
-        self.systems = {p: System(p, check=True, aslr_bits=8, seed=3) for p in POLICIES}
+        self.systems = {p: System(p, check=True, aslr_bits=8, seed=3, thp=self.thp) for p in POLICIES}
         self.ref = Reference()
         self.procs: list[str] = []
         self.maps: dict[str, dict[str, tuple[int, int, bool]]] = {}  # proc -> handle -> (addr, size, hugetlb)
@@ -200,6 +203,13 @@ class Oracle(RuleBasedStateMachine):
             self.ref.madvise_dontneed(name, start, length)
 
     @precondition(has_maps)
+    @rule(data=st.data(), huge=st.booleans())
+    def thp_advice(self, data, huge):
+        """MADV_HUGEPAGE or MADV_NOHUGEPAGE on part of a mapping: contents never change."""
+        name, _handle, start, length, _huge = self.pick(data)
+        self.each("madvise_thp", name, start, length, "hugepage" if huge else "nohugepage")
+
+    @precondition(has_maps)
     @rule(data=st.data(), grow=st.integers(-2, 3))
     def mremap(self, data, grow):
         name = data.draw(st.sampled_from([p for p in self.alive() if self.maps[p]]))
@@ -239,3 +249,14 @@ class Oracle(RuleBasedStateMachine):
 
 
 TestOracle = Oracle.TestCase
+
+
+class OracleThpAlways(Oracle):
+    """The same, with transparent huge pages for all private anonymous memory: huge PMDs are made,
+    copied, split and zapped by every operation."""
+
+    thp = "always"
+
+
+TestOracleThpAlways = OracleThpAlways.TestCase
+TestOracleThpAlways.settings = settings(settings(), max_examples=max(settings().max_examples // 4, 50))

@@ -179,6 +179,40 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.objects == snap.objects
 
 
+def thp_snapshot():
+    """A process with 8 MiB of MADV_HUGEPAGE memory: a huge page written, a huge zero page read, then
+    a 2 MiB range with one 4 KiB page written, and 2 MiB untouched."""
+    npages = 8 * MIB >> 12
+    mapped = PageSet.from_runs(npages, [0, 1024], [1024, 1])
+    written = PageSet.from_runs(npages, [0, 1024], [512, 1])
+    heap = _vma(0x7F0000000000, 8 * MIB, "rw-p", present=mapped, written=written, vmflags="rd wr mr mw me ac hg")
+    heap.thp = PageSet.from_runs(npages, [0], [1024])
+    # 3 PTE tables (two deposited) + 1 PMD table + 1 PUD table
+    return _snapshot([_proc(9, [heap], 20)], [])
+
+
+def test_whatif_replays_transparent_huge_pages():
+    doc = whatif(thp_snapshot(), ["linux"], load_profile())
+    proc = doc["processes"]["9"]
+    assert proc["linux_check"]["verdict"] == "exact"
+    assert proc["measured_anon_huge_kb"] == 2048 == proc["policies"]["linux"]["anon_huge_kb"]
+    assert proc["policies"]["linux"]["rss_kb"] == 2048 + 4
+    # fork copies the small page's PTE and the two huge PMDs (no PTEs)
+    assert proc["policies"]["linux"]["fork"]["ptes_copied"] == 1
+
+
+def test_thp_pages_round_trip_and_older_files_have_none(tmp_path):
+    path = tmp_path / "t.npz"
+    save(thp_snapshot(), path)
+    heap = load(path).processes[0].vmas[0]
+    assert heap.thp is not None and (heap.thp.mask() == thp_snapshot().processes[0].vmas[0].thp.mask()).all()
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.startswith("vma_thp_")}
+    older = tmp_path / "older.npz"
+    np.savez(older, **arrays)
+    assert load(older).processes[0].vmas[0].thp is None
+
+
 # --- bad snapshot files -------------------------------------------------------------------------
 
 def _bad_files(tmp_path):

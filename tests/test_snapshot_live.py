@@ -253,3 +253,50 @@ def test_scan_in_small_vectors_matches_reading_every_entry(tree, monkeypatch):
         assert (a.written.mask() == b.written.mask()).all(), a.path
         runs += len(a.mapped.runs()[0])
     assert runs > 10 * 7  # many calls
+
+
+# A process with MADV_HUGEPAGE memory: 3 transparent huge pages written, 2 huge zero pages read, the
+# rest of the 16 MiB untouched (the kernel places a mapping of a multiple of 2 MiB 2 MiB-aligned).
+THP = textwrap.dedent("""\
+    import mmap, os, sys
+    heap = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    heap.madvise(mmap.MADV_HUGEPAGE)
+    for i in range(0, 6 << 20, 4096):
+        heap[i] = 1
+    for i in range(6 << 20, 10 << 20, 4096):
+        _ = heap[i]
+    os.write(1, b"%d\\n" % os.getpid())
+    sys.stdin.read()
+""")
+
+
+def _thp_enabled() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _thp_enabled(), reason="transparent huge pages are off on this machine")
+def test_snapshot_and_whatif_of_transparent_huge_pages(tmp_path, capsys):
+    proc = subprocess.Popen([sys.executable, "-c", THP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        path = tmp_path / "thp.npz"
+        assert main(["snapshot", "--pid", str(pid), "-o", str(path)]) == 0
+        capsys.readouterr()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    snap = load(path)
+    (heap,) = [v for v in snap.processes[0].vmas if v.end - v.start == 16 << 20]
+    assert heap.thp is not None and heap.thp.count() == 5 * 512
+    assert heap.zero_pages == 2 * 512 and heap.written.count() == 3 * 512
+    doc = _whatif(path, capsys, policies="linux")
+    got = doc["processes"][str(pid)]
+    assert got["measured_anon_huge_kb"] == 6 << 10
+    linux = got["policies"]["linux"]
+    assert linux["anon_huge_kb"] == 6 << 10  # the replay maps the huge pages as huge pages
+    assert got["linux_check"]["verdict"] == "exact", got["linux_check"]
+    assert linux["vmpte_kb"] == got["measured_vmpte_kb"]

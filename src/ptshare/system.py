@@ -29,6 +29,7 @@ from .mm import ptshare as _ptshare
 from .mm import truncate as _truncate
 from .mm.access import Accesses
 from .mm.frames import OutOfMemory
+from .mm.huge_memory import THP_MODES
 from .mm.kernel import Kernel
 from .mm.memory import handle_mm_fault_range
 from .mm.mm_struct import Task
@@ -72,12 +73,15 @@ class System:
 
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
                  aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
-                 check: bool = False) -> None:
+                 thp: str = "madvise", check: bool = False) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
             raise SimulationError(f"aslr_bits must be between 0 and 32, not {aslr_bits}")
         self.k = Kernel(geometry(levels), self.policy, mem, cpus, aslr_bits, seed)
+        if thp not in THP_MODES:
+            raise SimulationError(f"thp must be one of {', '.join(THP_MODES)}, not {thp!r}")
+        self.k.thp = thp
         self.fixed_mmap_base = None if mmap_base is None else _size(mmap_base, "mmap_base")
         self.check = check
         if check:
@@ -246,6 +250,15 @@ class System:
         self._run(task, lambda: _mprotect.do_madvise_dontneed(self.k, task.mm, addr, _size(length, "length")))
         self._after()
 
+    def madvise_thp(self, name: str, addr: int, length: int | str, advice: str) -> None:
+        """madvise(MADV_HUGEPAGE) (``advice="hugepage"``) or MADV_NOHUGEPAGE (``"nohugepage"``)."""
+        if advice not in ("hugepage", "nohugepage"):
+            raise SimulationError(f"advice must be 'hugepage' or 'nohugepage', not {advice!r}")
+        task = self.task(name)
+        self._run(task, lambda: _mprotect.do_madvise_hugepage(self.k, task.mm, addr, _size(length, "length"),
+                                                              advice == "hugepage"))
+        self._after()
+
     def mremap(self, name: str, addr: int, old_size: int | str, new_size: int | str,
                new_addr: int | None = None) -> int:
         task = self.task(name)
@@ -348,7 +361,7 @@ class System:
         if not task.alive:
             return dict(self._final.get(task.name, {}), alive=False, killed_by=task.killed_by)
         k = self.k
-        anon, file, shmem = rss_pages(k, task.mm, memo)
+        anon, file, shmem, anon_huge = rss_pages(k, task.mm, memo)
         out = {
             "minflt": task.minflt,
             "vmpte_kb": _ptshare.vmpte_tables(k, task.mm) * TABLE_BYTES // 1024,
@@ -358,6 +371,7 @@ class System:
             "rss_anon_kb": anon * PAGE_SIZE // 1024,
             "rss_file_kb": file * PAGE_SIZE // 1024,
             "rss_shmem_kb": shmem * PAGE_SIZE // 1024,
+            "anon_huge_kb": anon_huge * PAGE_SIZE // 1024,
             "pt_shared_kb": _ptshare.attached_tables(k, task.mm) * TABLE_BYTES // 1024,
             "vmas": len(task.mm.vmas),
         }

@@ -45,6 +45,7 @@ from . import measure
 from .objects import HostError, TooLittleMemory, meminfo
 from .plan import Plan, make_plan
 from .session import Incarnation, Session, StepRecord
+from .thp import COLLAPSE_TRIES, check_thp_host, collapses
 from .worker import read_status
 
 SIM_PGD_KB = 4  # the simulator counts one 4 KiB PGD per process in pagetables_kb
@@ -83,6 +84,20 @@ def run_on_host(scenario: Scenario, cost: CostModel | None = None) -> tuple[Host
     check_host(scenario)
     plan = make_plan(scenario, cost)
     check_limits(plan)
+    if not plan.uses_thp:
+        return _run_plan(plan, cost)
+    check_thp_host()
+    for _ in range(COLLAPSE_TRIES):
+        before = collapses()
+        result, error = _run_plan(plan, cost)
+        if collapses() == before:
+            return result, error
+    raise HostError(f"khugepaged collapsed huge pages during each of {COLLAPSE_TRIES} runs of {scenario.name!r} "
+                    "(/proc/vmstat thp_collapse_alloc grew), which the simulator does not model; run it again "
+                    "when the machine is quieter")
+
+
+def _run_plan(plan: Plan, cost: CostModel) -> tuple[HostRunResult, PtshareError | None]:
     started = time.perf_counter_ns()
     own_start = read_status()["vmpte_kb"]
     with _signals_interrupt():

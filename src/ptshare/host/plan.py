@@ -21,6 +21,7 @@ from ..scenario.model import Scenario, Step
 from ..scenario.patterns import accesses
 from ..scenario.run import Runner, create_objects, step_error
 from ..system import SimulationError, System
+from .thp import advice_on_host, mmap_hugepage
 from .worker import WINDOW
 
 HOST_MMAP_BASE = WINDOW[1]
@@ -53,6 +54,7 @@ class Plan:
     hugepages: int  # 2 MiB pages to reserve
     spawned: int  # interpreters started (spawn and exec)
     forked: int
+    uses_thp: bool = False  # some mapping gets MADV_HUGEPAGE
 
 
 def host_scenario(scenario: Scenario) -> Scenario:
@@ -99,7 +101,7 @@ def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
     shared_huge = sum(o.size for o in scenario.objects if o.kind == "hugetlb")
     hugepages = -(-(shared_huge + private_huge) // HPAGE) + planner.peak_anon_huge
     return Plan(scenario, steps, error, system.k.frames.peak_units * 4, hugepages if shared_huge or private_huge
-                else 0, planner.spawned, planner.forked)
+                else 0, planner.spawned, planner.forked, planner.uses_thp)
 
 
 class _Planner:
@@ -113,6 +115,7 @@ class _Planner:
         self.spawned = 0
         self.forked = 0
         self.peak_anon_huge = 0
+        self.uses_thp = False
         self._private_huge = any(s.op == "mmap" and self.kinds.get(s.fields.get("object")) == "hugetlb"
                                  and not s.fields.get("shared", False) for s in scenario.steps)
 
@@ -155,10 +158,12 @@ class _Planner:
             addr, length = handles[pid][fields["vma"]]
             self._check_window(addr, length)
             obj = fields.get("object")
+            huge = mmap_hugepage(self.scenario.machine.thp, obj is None and not fields.get("shared", False))
+            self.uses_thp |= huge
             return [Op(op, pid, {"addr": addr, "length": length, "prot": fields.get("prot", "rw"),
                                  "shared": fields.get("shared", False), "fixed": fields.get("fixed", False),
                                  "object": obj, "offset": fields.get("offset", 0),
-                                 "kind": "anon" if obj is None else self.kinds[obj]})]
+                                 "kind": "anon" if obj is None else self.kinds[obj], "hugepage": huge})]
         if op == "mremap":
             new, new_size = handles[pid][fields["vma"]]
             self._check_window(new, new_size)
@@ -167,6 +172,9 @@ class _Planner:
             args = {"addr": base + offset, "length": length}
             if op == "mprotect":
                 args["prot"] = fields["prot"]
+            if op == "madvise":
+                args["advice"] = advice_on_host(self.scenario.machine.thp, fields.get("advice", "dontneed"))
+                self.uses_thp |= args["advice"] == "hugepage"
             return [Op(op, pid, args)]
         assert touch is not None
         acc = accesses(**touch)

@@ -46,6 +46,8 @@ _SPARE = WINDOW[1]  # an address no scenario mapping uses: the target of warm-up
 # the worker never uses, and would cost every fork a copy of its tables.  Should the interpreter
 # touch a new page of one, the backend's drift check names the move.
 POPULATE_MAX = 16 << 20
+_ADVICE = {"dontneed": syscalls.MADV_DONTNEED, "hugepage": syscalls.MADV_HUGEPAGE,
+           "nohugepage": syscalls.MADV_NOHUGEPAGE}
 _STATUS = {b"VmPTE": "vmpte_kb", b"VmRSS": "rss_kb", b"RssAnon": "rss_anon_kb", b"RssFile": "rss_file_kb",
            b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb"}
 
@@ -122,8 +124,9 @@ class Worker:
         got, cost = self.meter.syscall(SYS_MMAP, addr, length, syscalls.PROTS[m["prot"]], flags, fd, m["offset"])
         if got != addr:
             raise OSError(0, f"mmap placed the mapping at {got:#x}, not at {addr:#x}")
-        if m["kind"] != "hugetlb":  # THP off: the scenario's pages are 4 KiB pages
-            cost += self.meter.syscall(SYS_MADVISE, addr, length, syscalls.MADV_NOHUGEPAGE)[1]
+        if m["kind"] != "hugetlb":  # THP per mapping, as the scenario's mode gives it (host/thp.py)
+            advice = syscalls.MADV_HUGEPAGE if m.get("hugepage") else syscalls.MADV_NOHUGEPAGE
+            cost += self.meter.syscall(SYS_MADVISE, addr, length, advice)[1]
         if m["kind"] == "file":  # no read-ahead: the model reads in the faulting page only
             cost += self.meter.syscall(SYS_MADVISE, addr, length, syscalls.MADV_RANDOM)[1]
         return cost
@@ -135,7 +138,8 @@ class Worker:
         return self.meter.syscall(SYS_MPROTECT, m["addr"], m["length"], syscalls.PROTS[m["prot"]])[1]
 
     def madvise(self, m: dict[str, Any]) -> Cost:
-        return self.meter.syscall(SYS_MADVISE, m["addr"], m["length"], syscalls.MADV_DONTNEED)[1]
+        advice = _ADVICE[m.get("advice", "dontneed")]
+        return self.meter.syscall(SYS_MADVISE, m["addr"], m["length"], advice)[1]
 
     def mremap(self, m: dict[str, Any]) -> Cost:
         addr, target = m["addr"], m["new_addr"]

@@ -32,6 +32,7 @@ from ..arch import (
 )
 from . import ptshare
 from .frames import PG_EXCLUSIVE, ZERO_PFN
+from .huge_memory import copy_huge_pmds, pmd_trans_huge
 from .mm_struct import Task
 from .mmap import release_object
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables, span_slices
@@ -131,6 +132,11 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
     src_e = pmd.entries[src_pmd]
     dst_e = pmd.entries[dst_pmd]
     i0, i1, span_addrs = span_slices(k, PMD, start, end)
+    huge = i0 + np.flatnonzero(pmd_trans_huge(k, src_e[i0:i1]))
+    if len(huge):
+        src_e[huge] = dst_e[huge] = copy_huge_pmds(k, dst.mm, src_e[huge], cow)
+        if cow:
+            k.flush_tlb_mm(src.mm)
     tags = entry_tag(src_e[i0:i1])
     shared = np.flatnonzero(tags == E_SHARED)
     for n in shared.tolist():

@@ -8,10 +8,14 @@ What is stored per frame:
 ``flags``      ``PG_anon`` (anonymous page), ``PG_cache`` (in a page cache), ``PG_huge`` (a 2 MiB
                hugetlb folio: one entry stands for the whole folio), ``PG_exclusive``
                (``PageAnonExclusive``: set when a fault gives the page to one mapping, cleared
-               when fork shares it; mprotect may make only such pages writable).
+               when fork shares it; mprotect may make only such pages writable), ``PG_thp`` (one
+               of the 512 pages of a transparent huge page: a folio of 512 frames, the head's
+               number a multiple of 512, each page with its own ``mapcount`` and contents).
 ``mapcount``   how many page-table entries map the frame *explicitly*: anonymous pages and
-               private hugetlb pages.  This is what ``do_wp_page`` consults to decide whether a
-               write to a write-protected anonymous page may reuse it.
+               private hugetlb pages.  A huge PMD mapping a transparent huge page counts once in
+               each of its 512 pages, so a split (512 PTEs) leaves every count as it was.  This is
+               what ``do_wp_page`` consults to decide whether a write to a write-protected
+               anonymous page may reuse it.
 ``stamp``      the page's contents, as an integer the oracle can compare.
 
 Deliberate shortcut for speed: entries that map a page-cache page through a file-backed VMA are
@@ -35,6 +39,7 @@ PG_CACHE = 2
 PG_HUGE = 4
 PG_ZERO = 8
 PG_EXCLUSIVE = 16  # PageAnonExclusive: this mapping is known to be the page's only one
+PG_THP = 32  # a page of a transparent huge page (an anonymous folio of HUGE_UNITS frames)
 
 ZERO_PFN = 1
 _FIRST_PFN = 2
@@ -119,6 +124,31 @@ class FrameTable:
         self.nr_units += units
         self._note_peak()
         return pfns
+
+    def alloc_thp(self, n: int, stamps: np.ndarray | int = 0) -> np.ndarray:
+        """Allocate ``n`` transparent huge pages (folios of HUGE_UNITS frames each, zeroed or with
+        ``stamps`` per frame); returns their head frames, each a multiple of HUGE_UNITS.
+
+        Deliberate shortcut: folios are carved from never-used frames only, and their pages are freed
+        one by one as they lose their last mapping (Linux frees a partly unmapped folio once the
+        deferred-split shrinker has split it).
+        """
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        units = n * HUGE_UNITS
+        self._charge(units)
+        start = -(-self._next // HUGE_UNITS) * HUGE_UNITS
+        if start > self._next:  # the frames skipped to align the folio stay free for small pages
+            self._free.insert(0, np.arange(self._next, start, dtype=np.int64))
+        self._grow(start + units)
+        self._next = start + units
+        pfns = np.arange(start, start + units, dtype=np.int64)
+        self.flags[pfns] = PG_ANON | PG_EXCLUSIVE | PG_THP
+        self.mapcount[pfns] = 0
+        self.stamp[pfns] = stamps
+        self.nr_units += units
+        self._note_peak()
+        return pfns[::HUGE_UNITS].copy()
 
     def _take(self, n: int) -> np.ndarray:
         parts = []

@@ -51,6 +51,8 @@ class Kernel:
         self.read_log: list[tuple[str, np.ndarray, np.ndarray]] | None = None  # (task, addrs, stamps)
         self.flush_all_pending = False  # an unshare since the last tlb_finish()
         self.flush_mm_pending: set[int] = set()  # mms whose entries changed since the last tlb_finish()
+        self.thp = "madvise"  # /sys/kernel/mm/transparent_hugepage/enabled: always | madvise | never
+        self.thp_use_zero_page = True  # /sys/kernel/mm/transparent_hugepage/use_zero_page
 
     @property
     def top(self) -> DirStore:

@@ -39,7 +39,7 @@ from ..arch import (
     mk_table,
     range_bits,
 )
-from . import ptshare
+from . import huge_memory, ptshare
 from .access import Accesses, spans_touched
 from .hugetlb import hugetlb_fault_regions
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
@@ -215,8 +215,11 @@ def _fault_ptes(k: Kernel, task: Task, vma: VMA, windows: _Windows, spans: _Span
                 uniform: bool) -> None:
     old = windows.entries(spans)
     _count_faults(k, task, windows.spurious(spans, accs))
-    groups = _uniform_spans(k, vma, spans, old, accs.acc) if uniform else []
-    grouped = np.zeros(len(old), dtype=bool)
+    huge, faults = huge_memory.do_huge_pmd_faults(k, task, vma, old, spans.addr, lambda rows: accs.of(spans, rows),
+                                                  write, lambda rows, values: windows.set(spans, rows, values))
+    _count_faults(k, task, faults)
+    groups = _uniform_spans(k, vma, spans, old, accs.acc) if uniform and not huge.any() else []
+    grouped = huge.copy()
     for members in groups:
         grouped[members] = True
     _count_faults(k, task, _fault_spans(k, task, vma, windows, spans, accs, old, np.flatnonzero(~grouped), write))

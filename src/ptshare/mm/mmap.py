@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..arch import PAGE_SHIFT, PAGE_SIZE
 from ..errors import MmError
+from .huge_memory import split_huge_pmd_address
 from .pagecache import FILE, SHMEM, AddressSpace
 from .unmap import free_pgtables, zap_page_range
 from .vma import (
@@ -132,9 +133,11 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
     """Models __split_vma(): ``vma`` keeps [vm_start, addr); returns the new VMA for [addr, vm_end).
 
     A table shared across the split point can no longer be shared by this mm (neither half
-    covers it whole), so it lets go of it first (McCracken; hugetlb_split()).
+    covers it whole), so it lets go of it first (McCracken; hugetlb_split()); a huge PMD across it
+    is split.
     """
     unshare_around(k, mm, vma, addr)
+    split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
     new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
               vm_pgoff=vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), obj=vma.obj,
               anon_vma=vma.anon_vma)

@@ -1,5 +1,5 @@
-"""mprotect and madvise: models mm/mprotect.c (``mprotect_fixup``, ``change_protection``) and
-``madvise_dontneed_single_vma`` (mm/madvise.c)."""
+"""mprotect and madvise: models mm/mprotect.c (``mprotect_fixup``, ``change_protection``),
+``madvise_dontneed_single_vma`` and ``hugepage_madvise`` (mm/madvise.c, mm/khugepaged.c)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,17 @@ from .frames import PG_ANON, PG_EXCLUSIVE
 from .mmap import split_vma, unshare_range, vma_merge
 from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
 from .unmap import reclaim_pte_tables, zap_page_range
-from .vma import VM_ACCESS_FLAGS, VM_ACCOUNT, VM_LOCKED, VM_SHARED, VM_WRITE, VMA
+from .vma import (
+    VM_ACCESS_FLAGS,
+    VM_ACCOUNT,
+    VM_HUGEPAGE,
+    VM_LOCKED,
+    VM_NOHUGEPAGE,
+    VM_SHARED,
+    VM_SPECIAL,
+    VM_WRITE,
+    VMA,
+)
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -57,13 +67,17 @@ def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot_flags: int) -> 
     end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
     for vma in _covering(k, mm, start, end, "mprotect"):
         newflags = (vma.vm_flags & ~VM_ACCESS_FLAGS) | prot_flags
-        if newflags == vma.vm_flags:
-            continue
-        if vma.vm_start < start:
-            vma = split_vma(k, mm, vma, start)
-        if vma.vm_end > end:
-            split_vma(k, mm, vma, end)
-        mprotect_fixup(k, mm, vma, newflags)
+        if newflags != vma.vm_flags:
+            mprotect_fixup(k, mm, _split_to(k, mm, vma, start, end), newflags)
+
+
+def _split_to(k: Kernel, mm: MM, vma: VMA, start: int, end: int) -> VMA:
+    """The part of ``vma`` inside [start, end), split off at either end as needed."""
+    if vma.vm_start < start:
+        vma = split_vma(k, mm, vma, start)
+    if vma.vm_end > end:
+        split_vma(k, mm, vma, end)
+    return vma
 
 
 def mprotect_fixup(k: Kernel, mm: MM, vma: VMA, newflags: int) -> None:
@@ -171,3 +185,19 @@ def do_madvise_dontneed(k: Kernel, mm: MM, start: int, length: int) -> None:
     for vma in vmas:
         if not vma.is_hugetlb:  # hugetlb zaps do not go through zap_pte_range()
             reclaim_pte_tables(k, mm, max(start, vma.vm_start), min(end, vma.vm_end))
+
+
+def do_madvise_hugepage(k: Kernel, mm: MM, start: int, length: int, huge: bool) -> None:
+    """MADV_HUGEPAGE / MADV_NOHUGEPAGE: models hugepage_madvise() through madvise_update_vma() --
+    set VM_HUGEPAGE (or VM_NOHUGEPAGE) on the range, splitting VMAs at its ends and merging after.
+    Huge PMDs already mapped stay (khugepaged, which MADV_HUGEPAGE registers the mm with, is not
+    modelled); hugetlb and special mappings are left as they are."""
+    end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
+    for vma in _covering(k, mm, start, end, "madvise"):
+        if vma.is_hugetlb or vma.vm_flags & VM_SPECIAL:
+            continue
+        newflags = (vma.vm_flags & ~(VM_HUGEPAGE | VM_NOHUGEPAGE)) | (VM_HUGEPAGE if huge else VM_NOHUGEPAGE)
+        if newflags != vma.vm_flags:
+            vma = _split_to(k, mm, vma, start, end)
+            vma.vm_flags = newflags
+            vma_merge(k, mm, vma)

@@ -25,6 +25,7 @@ from ..arch import (
 )
 from ..errors import MmError
 from .access import Accesses, spans_touched
+from .huge_memory import move_huge_pmds
 from .mmap import MMAP_MIN_ADDR, get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
 from .translate import lookup
@@ -108,6 +109,7 @@ def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_a
         step = k.geom.hpage_size
         addrs = np.arange(old_addr, old_addr + length, step, dtype=np.int64)
     else:
+        move_huge_pmds(k, mm, old_addr, new_addr, length, lambda at, leaves: _install_leaves(k, mm, at, leaves))
         addrs = np.arange(old_addr, old_addr + length, PAGE_SIZE, dtype=np.int64)
     dirty = np.zeros(len(addrs), dtype=bool)
     present, write, pfn = lookup(k, mm, addrs, wp_dirty=dirty)
@@ -141,6 +143,19 @@ def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, 
                     entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
                     continue
                 _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
+
+
+def _install_leaves(k: Kernel, mm: MM, addrs: np.ndarray, leaves: np.ndarray) -> None:
+    """Place huge PMD leaves (moved whole) at ``addrs``, allocating the tables above them."""
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    span_shift = k.geom.pte.span.bit_length() - 1
+    for lo, hi in spans_touched(Accesses.explicit(addrs), k.geom.pud.span.bit_length() - 1):
+        for pud_cid, a, b in pud_tables(k, mm, lo, hi, alloc=True):
+            sel = (addrs >= a) & (addrs < b)
+            for key in np.unique(addrs[sel] >> pmd_shift).tolist():
+                here = sel & ((addrs >> pmd_shift) == key)
+                pmd_cid = _pmd_for_install(k, mm, pud_cid, k.geom.index(k.geom.pud, key << pmd_shift))
+                k.stores[PMD].entries[pmd_cid, (addrs[here] >> span_shift) & (PTRS_PER_TABLE - 1)] = leaves[here]
 
 
 def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:

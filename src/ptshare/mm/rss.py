@@ -4,7 +4,8 @@
 Linux keeps these as counters updated by every fault and zap; here they are counted from the
 tables when asked, which gives the same numbers for the policies Linux has and a well-defined
 one for shared tables: a page mapped through a table an mm uses is in that mm's RSS, whoever
-faulted it in.  The zero page and hugetlb pages are not counted, as in Linux.
+faulted it in.  The zero pages (4 KiB and huge) and hugetlb pages are not counted, as in Linux; a transparent huge
+page mapped by a PMD counts as its 512 pages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..arch import E_SHARED, E_TABLE, PAGE_SHIFT, PTRS_PER_TABLE, entry_tag, entry_value, range_bits
-from .frames import ZERO_PFN
+from .frames import HUGE_UNITS, ZERO_PFN
+from .huge_memory import nr_huge_pmds
 from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
 
 if TYPE_CHECKING:
@@ -23,30 +25,33 @@ if TYPE_CHECKING:
     from .vma import VMA
 
 
-def rss_pages(k: Kernel, mm: MM, memo: dict | None = None) -> tuple[int, int, int]:
-    """(anonymous, file, shmem) pages mapped by ``mm``'s page tables.
+def rss_pages(k: Kernel, mm: MM, memo: dict | None = None) -> tuple[int, int, int, int]:
+    """(anonymous, file, shmem) pages mapped by ``mm``'s page tables, and the anonymous pages among
+    them that huge PMDs map (``AnonHugePages``).
 
     ``memo`` may be shared by calls made while no table changes (one report of every process):
     processes whose PMD tables share storage are then counted once.
     """
     memo = {} if memo is None else memo
-    anon = file = shmem = 0
+    anon = file = shmem = huge = 0
     for vma in mm.vmas:
         if vma.is_hugetlb:
             continue
-        implicit, explicit = _count_vma(k, mm, vma, memo)
+        implicit, explicit, thp = _count_vma(k, mm, vma, memo)
         anon += explicit
+        huge += thp
         if vma.obj is not None:
             if vma.obj.is_shmem:
                 shmem += implicit
             else:
                 file += implicit
-    return anon, file, shmem
+    return anon, file, shmem, huge
 
 
-def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int]:
-    """Present entries of ``vma`` that map their file page implicitly, and explicit non-zero pages."""
-    implicit = explicit = 0
+def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int, int]:
+    """Present entries of ``vma`` that map their file page implicitly, explicit non-zero pages, and
+    the pages of those that huge PMDs map."""
+    implicit = explicit = huge = 0
     pud = k.stores[PUD]
     for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=False):
         i0, i1, bases = span_slices(k, PUD, a, b)
@@ -70,17 +75,19 @@ def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int]:
                     memo[cid] = got
             implicit += got[0]
             explicit += got[1]
-    return implicit, explicit
+            huge += got[2]
+    return implicit, explicit, huge
 
 
-def _count_pmd(k: Kernel, pmd_cid: int, start: int, end: int) -> tuple[int, int]:
+def _count_pmd(k: Kernel, pmd_cid: int, start: int, end: int) -> tuple[int, int, int]:
     entries = k.stores[PMD].entries[pmd_cid]
     i0, i1, span_addrs = span_slices(k, PMD, start, end)
     e = entries[i0:i1]
     tag = entry_tag(e)
+    thp = nr_huge_pmds(k, e)[1] * HUGE_UNITS  # folios mapped by huge PMDs (AnonHugePages)
     rows = np.flatnonzero((tag == E_TABLE) | (tag == E_SHARED))
     if len(rows) == 0:
-        return 0, 0
+        return 0, thp, thp
     values = entry_value(e[rows])
     shared = tag[rows] == E_SHARED
     cids = np.where(shared, k.shared.content[np.where(shared, values, 0)], values)
@@ -100,4 +107,4 @@ def _count_pmd(k: Kernel, pmd_cid: int, start: int, end: int) -> tuple[int, int]
         part = ~whole[sel]
         total += int(in_range[part].sum())
         total -= zero
-    return total - explicit, explicit
+    return total - explicit, explicit + thp, thp

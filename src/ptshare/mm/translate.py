@@ -20,6 +20,7 @@ from ..arch import (
     entry_value,
     leaf_explicit,
 )
+from .huge_memory import leaf_pfns
 from .pagewalk import PMD, PTE, PUD, pud_tables
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, p
     if leaf.any():
         present[w[leaf]] = True
         writable[w[leaf]] = leaf_write(pmd_e[leaf])
-        pfn[w[leaf]] = np.where(leaf_explicit(pmd_e[leaf]), entry_value(pmd_e[leaf]), 0)
+        pfn[w[leaf]] = np.where(leaf_explicit(pmd_e[leaf]), leaf_pfns(k, pmd_e[leaf], a[leaf]), 0)
     table = (tag == E_TABLE) | (tag == E_SHARED)
     if not table.any():
         return

@@ -29,6 +29,7 @@ from ..arch import (
 )
 from . import ptshare
 from .frames import ZERO_PFN
+from .huge_memory import pmd_trans_huge, split_huge_pmd_range_ends, zap_huge_pmds
 from .pagewalk import PMD, PTE, PUD, account_free, pud_tables, span_slices
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ _U64 = (1 << 64) - 1
 
 
 def zap_page_range(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """Clear every entry mapping [start, end) and drop the pages; returns the entries cleared."""
+    """Clear every entry mapping [start, end) and drop the pages; returns the entries cleared.
+    A huge PMD the range covers in part is split first (zap_pmd_range())."""
+    split_huge_pmd_range_ends(k, mm, start, end)
     cleared = 0
     for pud_cid, a, b in pud_tables(k, mm, start, end, write=True):
         cleared += _zap_pud(k, mm, pud_cid, a, b)
@@ -82,8 +85,11 @@ def _zap_pmd(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int
     cleared = 0
     leaf = np.flatnonzero(tag == E_LEAF)
     if len(leaf):
-        explicit = leaf_explicit(e[leaf])
-        _drop_anon(k, entry_value(e[leaf][explicit]))
+        thp = pmd_trans_huge(k, e[leaf])
+        if thp.any():
+            zap_huge_pmds(k, mm, e[leaf][thp], _drop_anon)
+        other = e[leaf][~thp]
+        _drop_anon(k, entry_value(other[leaf_explicit(other)]))
         entries[i0 + leaf] = 0
         cleared += len(leaf)
     tables = []

@@ -28,6 +28,8 @@ VM_DONTEXPAND = 0x00040000
 VM_HUGETLB = 0x00400000
 VM_WIPEONFORK = 0x02000000
 VM_MIXEDMAP = 0x10000000
+VM_HUGEPAGE = 0x20000000  # MADV_HUGEPAGE
+VM_NOHUGEPAGE = 0x40000000  # MADV_NOHUGEPAGE
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_SPECIAL = VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
@@ -36,7 +38,7 @@ _FLAG_NAMES = {
     VM_READ: "read", VM_WRITE: "write", VM_EXEC: "exec", VM_SHARED: "shared", VM_MAYSHARE: "mayshare",
     VM_LOCKED: "locked", VM_DONTCOPY: "dontcopy", VM_ACCOUNT: "account", VM_HUGETLB: "hugetlb",
     VM_WIPEONFORK: "wipeonfork",
-    VM_PFNMAP: "pfnmap", VM_MIXEDMAP: "mixedmap",
+    VM_PFNMAP: "pfnmap", VM_MIXEDMAP: "mixedmap", VM_HUGEPAGE: "hugepage", VM_NOHUGEPAGE: "nohugepage",
 }
 
 PROTS = ("", "r", "rw", "rx", "rwx")

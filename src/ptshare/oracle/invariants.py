@@ -34,9 +34,11 @@ from ..arch import (
     entry_tag,
     entry_value,
     leaf_explicit,
+    leaf_write,
 )
 from ..errors import InternalError
-from ..mm.frames import PG_ANON, PG_CACHE, ZERO_PFN
+from ..mm.frames import HUGE_UNITS, PG_ANON, PG_CACHE, ZERO_PFN
+from ..mm.huge_memory import folio_pages, pmd_trans_huge
 from ..mm.pagewalk import PMD, PTE, PUD
 from ..mm.vma import VM_WRITE
 
@@ -70,6 +72,9 @@ class _Walk:
             tag = entry_tag(e)
             if lvl == PMD and tag == E_LEAF:
                 self.leaves.append((np.array([addr]), np.array([e])))
+                if pmd_trans_huge(k, np.array([e]))[0]:  # its deposited PTE table is the mm's
+                    self.tables[PTE] += 1
+                    self.own_tables[PTE] += 1
                 continue
             if tag == E_LEAF:
                 raise InternalError("huge leaf above the PMD level", level=lvl, addr=hex(addr), entry=hex(e))
@@ -183,7 +188,8 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
             raise InternalError("huge leaf outside every VMA", process=name, addr=hex(int(addrs[0])))
         vma = mm.vmas[int(which[0])]
         if not vma.is_hugetlb:
-            raise InternalError("huge leaf in a VMA that is not hugetlb", process=name, vma=vma)
+            _check_thp_leaf(k, name, vma, int(addrs[0]), int(entries[0]), mapcount)
+            continue
         explicit = leaf_explicit(entries)
         for e in entries[explicit].tolist():
             mapcount[int(entry_value(e))] += 1
@@ -193,6 +199,26 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
             hidx = (vma.linear_page_index(int(addrs[0])) >> 9)
             if vma.obj.find(np.array([hidx]))[0] == 0:
                 raise InternalError("huge leaf for a page not in the page cache", process=name, vma=vma)
+
+
+def _check_thp_leaf(k: Kernel, name: str, vma, addr: int, entry: int, mapcount: Counter) -> None:
+    """A huge PMD outside hugetlb maps a whole transparent huge page (or the huge zero page, read
+    only) of a private anonymous VMA that covers its 2 MiB whole; each of its pages is mapped once."""
+    e = np.array([entry])
+    if not pmd_trans_huge(k, e)[0]:
+        raise InternalError("huge leaf in a VMA that is not hugetlb maps no transparent huge page", process=name,
+                            vma=vma, addr=hex(addr), entry=hex(entry))
+    if not vma.is_anonymous or vma.is_shared or addr < vma.vm_start or addr + k.geom.pmd_size > vma.vm_end:
+        raise InternalError("huge PMD in a VMA that cannot hold it whole", process=name, vma=vma, addr=hex(addr))
+    head = int(entry_value(entry))
+    writable = bool(leaf_write(e)[0])
+    if writable and (head == ZERO_PFN or not vma.vm_flags & VM_WRITE):
+        raise InternalError("writable huge PMD of the huge zero page or in a VMA without VM_WRITE", process=name,
+                            vma=vma, addr=hex(addr))
+    if head != ZERO_PFN:
+        if head % HUGE_UNITS:
+            raise InternalError("huge PMD whose frame is not a folio's head", process=name, addr=hex(addr), pfn=head)
+        mapcount.update(folio_pages(np.array([head])).tolist())
 
 
 def _check_shareable(k: Kernel, name: str, walk: _Walk) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 from ..errors import ScenarioError
 from ..files import readable_file
+from ..mm.huge_memory import THP_MODES
 from .model import Machine, Scenario
 
-_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base"}
+_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 _HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
 _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
@@ -154,6 +155,11 @@ def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
             raise ScenarioError(f"memory: {exc}", path, top.get("machine.memory", line)) from None
         if out["memory"] < 1 << 20:
             raise ScenarioError("memory must be at least 1 MiB", path, top.get("machine.memory", line))
+    if "thp" in data:
+        if data["thp"] not in THP_MODES:
+            raise ScenarioError(f"thp = {data['thp']!r} is not allowed; use one of {', '.join(THP_MODES)}", path,
+                                top.get("machine.thp", line))
+        out["thp"] = data["thp"]
     limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5)}
     for key, (lo, hi) in limits.items():
         if key in data:

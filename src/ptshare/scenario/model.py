@@ -44,7 +44,7 @@ COMMON = ("op", "repeat")
 ACCESSES = ("read", "write")
 PATTERNS = ("sequential", "random", "zipf")
 ZIPF_S_MAX = 10  # the largest zipf exponent a touch takes
-ADVICE = ("dontneed",)
+ADVICE = ("dontneed", "hugepage", "nohugepage")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:{}\-]+$")
 _SIZE_FIELDS = ("size", "offset", "length", "addr", "align", "stride")
 _BOOL_FIELDS = ("shared", "fixed")
@@ -61,6 +61,7 @@ class Machine:
     seed: int = 1
     levels: int = 4
     mmap_base: int | None = None  # fixes every spawned process's mmap_base (then aslr_bits does not apply)
+    thp: str = "madvise"  # transparent huge pages for anonymous memory: always | madvise | never
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def _convert(key: str, value: Any, step: Step | None, i: int | None = None, file
         return value
     if key == "advice":
         if value not in ADVICE:
-            raise _fail(f"advice = {value!r} is not modelled; the only advice is 'dontneed'", file, line)
+            raise _fail(f"advice = {value!r} is not modelled; use one of {', '.join(ADVICE)}", file, line)
         return value
     if key in ("pid", "child", "vma", "object"):
         if not isinstance(value, str) or not value or not _NAME_RE.match(value):

@@ -131,8 +131,10 @@ class Runner:
                 s.munmap(pid, base + offset, length)
             elif op == "mprotect":
                 s.mprotect(pid, base + offset, length, fields["prot"])
-            elif op == "madvise":
+            elif op == "madvise" and fields.get("advice", "dontneed") == "dontneed":
                 s.madvise_dontneed(pid, base + offset, length)
+            elif op == "madvise":
+                s.madvise_thp(pid, base + offset, length, fields["advice"])
             elif op == "touch":
                 acc = accesses(base + offset, length, fields.get("pattern", "sequential"),
                                stride=fields.get("stride", 4096), count=fields.get("count"),
@@ -152,7 +154,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     cost = cost or load_profile()
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
-                    mmap_base=m.mmap_base, check=check)
+                    mmap_base=m.mmap_base, thp=m.thp, check=check)
     create_objects(scenario, system)
     runner = Runner(scenario, system)
     results: list[StepResult] = []

@@ -20,7 +20,9 @@ class VmaSnap:
 
     ``mapped`` holds every page with an entry (present, or swapped out); ``written`` the subset
     that maps anonymous memory (private pages, copies made on write), which only a write fault
-    reproduces.  The rest map page-cache pages or the zero page, which a read reproduces.
+    reproduces.  The rest map page-cache pages or the zero page, which a read reproduces.  ``thp``
+    holds the pages of the mapped ones that a huge PMD maps (outside hugetlb): a transparent huge
+    page where they are written, the huge zero page where not.
     """
 
     start: int
@@ -42,6 +44,7 @@ class VmaSnap:
     swapped_pages: int = 0
     object: int = -1  # index into Snapshot.objects; -1 for private anonymous and special memory
     kind: str = ANON  # ANON, SPECIAL, or the object's kind
+    thp: PageSet | None = None  # pages mapped by huge PMDs outside hugetlb (THP, the huge zero page)
 
     @property
     def npages(self) -> int:

@@ -136,6 +136,9 @@ def vma_snap(e: MapsEntry, regions: pagemap.Regions) -> VmaSnap:
     def pages(flag: int) -> int:
         return int(length[(cats & np.uint64(flag)) != 0].sum())
 
+    hugetlb = "ht" in e.vmflags
+    huge = (cats & np.uint64(pagemap.HUGE)) != 0
+
     return VmaSnap(
         start=e.start, end=e.end, perms=e.perms, offset=e.offset, dev=e.dev, inode=e.inode, path=e.path,
         vmflags=" ".join(sorted(e.vmflags)), kernel_page_kb=e.fields.get("KernelPageSize", 4),
@@ -143,5 +146,6 @@ def vma_snap(e: MapsEntry, regions: pagemap.Regions) -> VmaSnap:
         mapped=PageSet.from_runs(npages, first, length),
         written=PageSet.from_runs(npages, first[anon], length[anon]),
         zero_pages=pages(pagemap.ZERO), huge_pages=pages(pagemap.HUGE), swapped_pages=pages(pagemap.SWAPPED),
-        kind="hugetlb" if "ht" in e.vmflags else "anon",
+        kind="hugetlb" if hugetlb else "anon",
+        thp=None if hugetlb or not huge.any() else PageSet.from_runs(npages, first[huge], length[huge]),
     )

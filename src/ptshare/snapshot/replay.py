@@ -9,7 +9,9 @@ processes partners for a sharing design is kept exactly: the same object at the 
 address with the same flags and offset, which is what inheriting a mapping through fork gives.
 
 Pages are made present the way a process makes them present: a write fault for anonymous pages
-and copies made on write, a read fault for page-cache pages and the zero page.  Deliberate
+and copies made on write, a read fault for page-cache pages and the zero page; a range of private
+anonymous memory that a huge PMD maps takes one fault, which maps a transparent huge page (written)
+or the huge zero page (read).  Deliberate
 shortcut: fault-around is switched off while replaying (:func:`exact_faults`), since it would map
 page-cache neighbours the real process does not have; it never adds a page table (it stays inside
 one PTE table), and it is switched back on before anything is measured.
@@ -30,6 +32,7 @@ from ..system import SimulationError, System
 from .model import ANON, SPECIAL, ProcessSnap, Snapshot, VmaSnap
 from .pageset import PageSet, mask_runs
 
+HPAGE_SIZE = 2 << 20
 CHUNK_PAGES = 1 << 18  # pages handled at once (1 GiB of addresses): bounds the memory of a replay
 FEW_RUNS = 64  # below this many runs in a chunk, touch run by run; above, by explicit addresses
 USER_4LEVEL = 1 << 47
@@ -93,13 +96,45 @@ def map_vma(system: System, name: str, vma: VmaSnap, pages: PageSet, written: Pa
         system.mmap(name, size, object=object_name(vma.object), offset=vma.offset, shared=vma.shared,
                     prot=wide, addr=vma.start, fixed=True)
     huge = vma.kind == "hugetlb"
+    thp = vma.thp if vma.kind == ANON else None
     for lo, mask in pages.chunks(CHUNK_PAGES):
         write_mask = written.mask(lo, lo + len(mask)) if need_write else np.zeros(len(mask), dtype=bool)
-        for write, sel in ((True, write_mask), (False, mask & ~write_mask)):
+        if thp is not None:
+            mask = mask & ~thp.mask(lo, lo + len(mask))
+        for write, sel in ((True, write_mask & mask), (False, mask & ~write_mask)):
             if sel.any():
                 _touch(system, name, vma.start + (lo << PAGE_SHIFT), sel, write, huge)
+    if thp is not None:
+        _touch_thp(system, name, vma.start, thp, written)
     if wide != prot:
         system.mprotect(name, vma.start, size, prot)
+
+
+def _touch_thp(system: System, name: str, base: int, thp: PageSet, written: PageSet) -> None:
+    """Map the huge PMDs of ``thp``: one fault at the start of each 2 MiB, a write where the pages
+    were written (a transparent huge page), a read where not (the huge zero page).  The machine is
+    switched to ``thp = "always"`` for it, so that the VMA needs no advice the real one may not have had."""
+    k = system.k
+    mode = k.thp
+    k.thp = "always"
+    try:
+        for lo, mask in thp.chunks(CHUNK_PAGES):
+            idx = np.flatnonzero(mask)
+            addrs = base + ((lo + idx).astype(np.int64) << PAGE_SHIFT)
+            heads = addrs % HPAGE_SIZE == 0
+            wrote = written.mask(lo, lo + len(mask))[idx[heads]]
+            for write in (True, False):
+                at = addrs[heads][wrote == write]
+                if len(at):
+                    _check_signal(name, system.access(name, Accesses.explicit(at), write=write))
+    finally:
+        k.thp = mode
+
+
+def _check_signal(name: str, signal) -> None:
+    if signal is not None:
+        raise ReplayError(f"replaying process {name}: the simulator killed it with {signal.signal} at "
+                          f"{signal.addr:#x} ({signal.reason}); this is a bug in ptshare's replay")
 
 
 def _touch(system: System, name: str, base: int, sel: np.ndarray, write: bool, huge: bool) -> None:
@@ -114,7 +149,4 @@ def _touch(system: System, name: str, base: int, sel: np.ndarray, write: bool, h
     else:
         batches = [Accesses.explicit(base + (np.flatnonzero(sel).astype(np.int64) << PAGE_SHIFT))]
     for acc in batches:
-        signal = system.access(name, acc, write=write)
-        if signal is not None:
-            raise ReplayError(f"replaying process {name}: the simulator killed it with {signal.signal} at "
-                              f"{signal.addr:#x} ({signal.reason}); this is a bug in ptshare's replay")
+        _check_signal(name, system.access(name, acc, write=write))

@@ -8,7 +8,8 @@
 * ``runs`` (uint64 start/length pairs) and ``bits`` (packed bitmaps): the present pages of every
   VMA, which ``vma_{mapped,written}_{enc,off,len}`` locate (see :mod:`.pageset`).
 
-A VMA's ``written`` set equal to its ``mapped`` set is stored once (encoding ``SAME``).
+A VMA's ``written`` set equal to its ``mapped`` set is stored once (encoding ``SAME``).  The pages
+huge PMDs map (``vma_thp_*``) are absent from files written before THP was read: none, then.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ SAME = 3
 _INT_COLUMNS = ("start", "end", "offset", "inode", "kernel_page_kb", "rss_kb", "swap_kb", "anon_kb",
                 "zero_pages", "huge_pages", "swapped_pages", "object")
 _STR_COLUMNS = ("perms", "dev", "path", "vmflags", "kind")
-_PLANES = tuple(f"{p}_{x}" for p in ("mapped", "written") for x in ("enc", "off", "len"))
+_PLANES = tuple(f"{p}_{x}" for p in ("mapped", "written", "thp") for x in ("enc", "off", "len"))
+_OPTIONAL = tuple(f"vma_thp_{x}" for x in ("enc", "off", "len"))
 _PROC_FIELDS = ("pid", "ppid", "comm", "cmdline", "starttime", "status", "read_ms", "attempts", "anon_shared_kb")
 
 
@@ -67,7 +69,7 @@ def save(snapshot: Snapshot, path: str | Path) -> None:
     """Write ``snapshot`` to ``path`` (atomically: a partly written file never replaces a good one)."""
     strings: dict[str, int] = {}
     cols: dict[str, list] = {c: [] for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS)}
-    planes: dict[str, list] = {f"{p}_{x}": [] for p in ("mapped", "written") for x in ("enc", "off", "len")}
+    planes: dict[str, list] = {plane: [] for plane in _PLANES}
     payload = _Payload()
     for n, proc in enumerate(snapshot.processes):
         for vma in proc.vmas:
@@ -79,7 +81,8 @@ def save(snapshot: Snapshot, path: str | Path) -> None:
             mapped = payload.add(vma.mapped)
             same = vma.written.count() == vma.mapped.count()
             written = (SAME, 0, 0) if same else payload.add(vma.written)
-            for plane, ref in (("mapped", mapped), ("written", written)):
+            thp = payload.add(vma.thp) if vma.thp is not None else (EMPTY, 0, 0)
+            for plane, ref in (("mapped", mapped), ("written", written), ("thp", thp)):
                 for x, value in zip(("enc", "off", "len"), ref, strict=True):
                     planes[f"{plane}_{x}"].append(value)
     meta = dict(snapshot.meta)
@@ -146,6 +149,9 @@ def _build(meta: dict, arrays: dict[str, np.ndarray]) -> Snapshot:
     objects = [check_object(n, o) for n, o in enumerate(meta.pop("objects"))]
     pids = [p.pid for p in processes]
     need(len(set(pids)) == len(pids), "processes", "the same pid appears twice; a snapshot reads each process once")
+    n = len(arrays.get("vma_proc", ()))
+    for c in _OPTIONAL:
+        arrays.setdefault(c, np.zeros(n, dtype=np.int64))
     check_arrays(arrays, [f"vma_{c}" for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS, *_PLANES)] + ["runs", "bits"])
     n = len(arrays["vma_proc"])
     for c in ("proc", *_INT_COLUMNS, *_STR_COLUMNS, *_PLANES):
@@ -170,7 +176,8 @@ def _build(meta: dict, arrays: dict[str, np.ndarray]) -> Snapshot:
         npages = check_vma(fields, len(objects), where)
         mapped = _pages(refs, "mapped", i, npages, runs, bits, None, where)
         written = _pages(refs, "written", i, npages, runs, bits, mapped, where)
-        vma = VmaSnap(**fields, mapped=mapped, written=written)
+        thp = _pages(refs, "thp", i, npages, runs, bits, mapped, where, allow_same=False)
+        vma = VmaSnap(**fields, mapped=mapped, written=written, thp=thp if thp.count() else None)
         if vma.object >= 0:
             need(vma.kind == objects[vma.object].kind, where, f"kind {vma.kind!r} must be that of its object "
                  f"{vma.object}, {objects[vma.object].kind!r}")
@@ -190,11 +197,12 @@ def _build(meta: dict, arrays: dict[str, np.ndarray]) -> Snapshot:
 
 
 def _pages(refs: dict[str, list], plane: str, i: int, npages: int, runs: np.ndarray, bits: np.ndarray,
-           same: PageSet | None, where: str) -> PageSet:
-    """The ``plane`` pages of VMA row ``i``; ``written`` pages must be some of the ``mapped`` ones (``same``)."""
+           same: PageSet | None, where: str, allow_same: bool = True) -> PageSet:
+    """The ``plane`` pages of VMA row ``i``; ``written`` and ``thp`` pages must be some of the ``mapped``
+    ones (``same``), which ``written`` may say it equals."""
     enc, off, length = refs[f"{plane}_enc"][i], refs[f"{plane}_off"][i], refs[f"{plane}_len"][i]
     where = f"{where}: {plane} pages"
-    encodings = (EMPTY, RUNS, BITS) if same is None else (EMPTY, RUNS, BITS, SAME)
+    encodings = (EMPTY, RUNS, BITS) if same is None or not allow_same else (EMPTY, RUNS, BITS, SAME)
     need(enc in encodings, where, f"encoding {enc} must be one of {encodings}")
     need(off >= 0 and length >= 0, where, f"offset {off} and length {length} must not be negative")
     if enc in (EMPTY, SAME):

@@ -59,7 +59,7 @@ def run_policy(snapshot: Snapshot, policy: Policy, cost: CostModel, costs: bool 
             replay_process(system, name, proc, run.warnings)
     for name in names:
         m = system.process(name)
-        run.processes[name] = {k: m[k] for k in ("vmpte_kb", "rss_kb", "pt_shared_kb", "vmas")}
+        run.processes[name] = {k: m[k] for k in ("vmpte_kb", "rss_kb", "anon_huge_kb", "pt_shared_kb", "vmas")}
     # The replay's own event counts (faults, copies) describe the rebuilding, not the system: left out.
     measured = system.system()
     run.system = {k: measured[k] for k in ("pagetables_kb", "frames_used", "memory_used_kb", "shared_tables")}
@@ -168,6 +168,7 @@ def _processes(snapshot: Snapshot, runs: dict[str, PolicyRun]) -> dict:
             "command": proc.command,
             "measured_vmpte_kb": proc.vmpte_kb,
             "measured_rss_kb": proc.status.get("VmRSS", 0),
+            "measured_anon_huge_kb": _anon_huge_kb(proc),
             "anon_shared_kb": proc.anon_shared_kb,
             "linux_check": bounds.verdict(simulated, proc.vmpte_kb, proc),
             "policies": {name: run.processes[pid] for name, run in runs.items()},
@@ -203,3 +204,9 @@ def _system(snapshot: Snapshot, runs: dict[str, PolicyRun], no_share: PolicyRun 
 def _saving(before_kb: int, after_kb: int) -> dict:
     saved = before_kb - after_kb
     return {"pagetables_kb": saved, "percent": round(100 * saved / before_kb, 1) if before_kb else 0.0}
+
+
+def _anon_huge_kb(proc: ProcessSnap) -> int:
+    """AnonHugePages: pages of private anonymous memory mapped by huge PMDs, the huge zero page not counted."""
+    return 4 * sum(PageSet.from_mask(v.thp.mask() & v.written.mask()).count()
+                   for v in proc.vmas if v.kind == "anon" and v.thp is not None)
