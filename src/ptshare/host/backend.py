@@ -14,6 +14,8 @@ are the kernel's own, with the interpreter's part taken out:
 ``vmpte_kb``, ``rss_kb`` (and ``rss_anon_kb``, ``rss_file_kb``, ``rss_shmem_kb``, ``hugetlb_kb``)
     ``/proc/self/status`` minus what the worker's interpreter holds, measured when the worker ends
     by unmapping the whole scenario window first.
+``anon_huge_kb``
+    ``AnonHugePages`` of ``/proc/self/smaps_rollup``: anonymous memory mapped by huge PMDs (THP).
 ``system.pagetables_kb``
     ``/proc/meminfo`` PageTables since the run began, less the workers' interpreter tables and
     this process's own growth, plus one 4 KiB PGD per live process as the simulator counts it.
@@ -187,7 +189,7 @@ def _metrics(inc: Incarnation, status: dict[str, Any], alive: bool) -> dict[str,
         "minflt": inc.base_minflt + status["minflt"],
         "majflt": inc.base_majflt + status["majflt"],
     }
-    for key in ("vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb", "hugetlb_kb"):
+    for key in ("vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb", "hugetlb_kb", "anon_huge_kb"):
         out[key] = raw.get(key, 0) - interp.get(key, 0)
     out["alive"] = alive
     out["pid"] = inc.pid

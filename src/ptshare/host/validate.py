@@ -11,6 +11,7 @@ faults                    ``ru_minflt + ru_majflt``        ``minflt``           
 vmpte_kb                  VmPTE                            VmPTE                         0
 rss_kb (and its anon,     VmRSS (RssAnon, RssFile,         RSS (anon, file, shmem)       0
 file and shmem parts)     RssShmem)
+anon_huge_kb              AnonHugePages (smaps_rollup)     anonymous pages huge PMDs map 0
 alive                     the process still runs           the same                      equal
 ========================  ===============================  ============================  =========
 
@@ -49,7 +50,7 @@ from .backend import run_on_host
 from .plan import host_scenario
 
 SCHEMA = "ptshare.validate/1"
-METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb")
+METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb", "anon_huge_kb")
 TOLERANCE = dict.fromkeys(METRICS, 0)
 TIMED_OPS = ("fork", "touch")
 HOST_RUNS = 3

@@ -49,18 +49,20 @@ POPULATE_MAX = 16 << 20
 _ADVICE = {"dontneed": syscalls.MADV_DONTNEED, "hugepage": syscalls.MADV_HUGEPAGE,
            "nohugepage": syscalls.MADV_NOHUGEPAGE}
 _STATUS = {b"VmPTE": "vmpte_kb", b"VmRSS": "rss_kb", b"RssAnon": "rss_anon_kb", b"RssFile": "rss_file_kb",
-           b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb"}
+           b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb", b"AnonHugePages": "anon_huge_kb"}
 
 
 def read_status() -> dict[str, int]:
-    """This process's page-table and RSS counters from /proc/self/status, in kB."""
-    with open("/proc/self/status", "rb") as f:
-        text = f.read()
+    """This process's page-table and RSS counters from /proc/self/status, and the anonymous memory
+    huge PMDs map from /proc/self/smaps_rollup, in kB."""
     out = {}
-    for line in text.split(b"\n"):
-        key, _, value = line.partition(b":")
-        if key in _STATUS:
-            out[_STATUS[key]] = int(value.split()[0])
+    for path in ("/proc/self/status", "/proc/self/smaps_rollup"):
+        with open(path, "rb") as f:
+            text = f.read()
+        for line in text.split(b"\n"):
+            key, _, value = line.partition(b":")
+            if key in _STATUS:
+                out[_STATUS[key]] = int(value.split()[0])
     return out
 
 
