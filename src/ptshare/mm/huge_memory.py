@@ -44,7 +44,6 @@ import numpy as np
 from ..arch import (
     E_LEAF,
     E_NONE,
-    E_TABLE,
     PAGE_SHIFT,
     PTRS_PER_TABLE,
     entry_tag,
@@ -58,7 +57,7 @@ from ..arch import (
 )
 from .access import write_stamp
 from .frames import HUGE_UNITS, PG_EXCLUSIVE, PG_THP, ZERO_PFN
-from .pagewalk import PMD, PTE, PUD, account_alloc, account_free, pud_tables
+from .pagewalk import PMD, PTE, account_alloc, account_free, span_slices, walk
 from .pte_fault import anon_vma_prepare
 from .vma import VM_HUGEPAGE, VM_NOHUGEPAGE
 
@@ -229,19 +228,13 @@ def split_huge_pmd_entries(k: Kernel, entries: np.ndarray) -> np.ndarray:
 def split_huge_pmd_address(k: Kernel, mm: MM, addr: int) -> None:
     """Models split_huge_pmd_address(): split a huge PMD that ``addr`` falls inside (not at its start),
     as a VMA boundary or the end of a range about to be zapped, protected or moved lands there."""
-    if addr % k.geom.pmd_size == 0:
+    size = k.geom.pmd_size
+    if addr % size == 0:
         return
-    pud, pmd = k.stores[PUD], k.stores[PMD]
-    for pud_cid, _a, _b in pud_tables(k, mm, addr, addr + 1, write=False):
-        i = k.geom.index(k.geom.pud, addr)
-        entry = int(pud.entries[pud_cid, i])
-        if entry_tag(entry) != E_TABLE:
-            return
-        j = k.geom.index(k.geom.pmd, addr)
-        e = pmd.entries[int(entry_value(entry)), j:j + 1]
-        if not pmd_trans_huge(k, e)[0]:
-            return
-    split_huge_pmds(k, mm, addr & ~(k.geom.pmd_size - 1), (addr & ~(k.geom.pmd_size - 1)) + k.geom.pmd_size)
+    pmd = next(walk(k, mm, addr, addr + 1, PMD, write=False, levels=()), None)
+    if pmd is None or not pmd_trans_huge(k, k.stores[PMD].entries[pmd.cid, k.geom.index(k.geom.pmd, addr)])[()]:
+        return
+    split_huge_pmds(k, mm, addr & ~(size - 1), (addr & ~(size - 1)) + size)
 
 
 def split_huge_pmd_range_ends(k: Kernel, mm: MM, start: int, end: int) -> None:
@@ -259,24 +252,13 @@ def split_huge_pmds(k: Kernel, mm: MM, start: int, end: int) -> None:
 
 def _huge_pmds(k: Kernel, mm: MM, start: int, end: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """For each PMD table with huge PMDs in [start, end) (2 MiB-aligned): the table, made private to
-    ``mm`` so that the caller may change it, the indices of those entries and their addresses."""
-    pud, pmd = k.stores[PUD], k.stores[PMD]
-    size = k.geom.pmd_size
-    for pud_cid, a, b in pud_tables(k, mm, start, end, write=True):
-        addr = a
-        while addr < b:
-            nxt = k.geom.addr_end(k.geom.pud, addr, b)
-            i = k.geom.index(k.geom.pud, addr)
-            entry = int(pud.entries[pud_cid, i])
-            if entry_tag(entry) == E_TABLE:
-                i0 = k.geom.index(k.geom.pmd, addr)
-                row = pmd.entries[int(entry_value(entry)), i0:i0 + (nxt - addr) // size]
-                huge = np.flatnonzero(pmd_trans_huge(k, row))
-                if len(huge):
-                    cid = pmd.cow(int(entry_value(entry)))
-                    pud.entries[pud_cid, i] = mk_table(cid)
-                    yield cid, i0 + huge, addr + huge * size
-            addr = nxt
+    ``mm`` so that the caller may change it, the indices of those entries and their addresses.
+    (Huge PMDs are never in a shared PMD table: no policy shares those of private anonymous memory.)"""
+    for pmd in walk(k, mm, start, end, PMD, levels=()):
+        i0, i1, addrs = span_slices(k, PMD, pmd.start, pmd.end)
+        huge = np.flatnonzero(pmd_trans_huge(k, k.stores[PMD].entries[pmd.cid, i0:i1]))
+        if len(huge):
+            yield pmd.cid, i0 + huge, addrs[huge]
 
 
 # --- zap, fork, mprotect on whole huge PMDs ------------------------------------------------------

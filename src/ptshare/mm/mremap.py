@@ -24,10 +24,9 @@ from ..arch import (
     mk_table,
 )
 from ..errors import MmError
-from .access import Accesses, spans_touched
 from .huge_memory import move_huge_pmds
 from .mmap import MMAP_MIN_ADDR, get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
-from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
+from .pagewalk import PMD, PTE, Table, account_alloc, dir_of
 from .translate import lookup
 from .vma import VMA
 
@@ -127,52 +126,30 @@ def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, 
              dirty: np.ndarray) -> None:
     from ..arch import mk_leaf
 
-    acc = Accesses.explicit(addrs)
     pmd_shift = k.geom.pmd.span.bit_length() - 1
     span_shift = k.geom.pte.span.bit_length() - 1
-    for lo, hi in spans_touched(acc, k.geom.pud.span.bit_length() - 1):
-        for pud_cid, a, b in pud_tables(k, mm, lo, hi, alloc=True):
-            sel = (addrs >= a) & (addrs < b)
-            for key in np.unique(addrs[sel] >> pmd_shift).tolist():
-                in_pmd = sel & ((addrs >> pmd_shift) == key)
-                i = k.geom.index(k.geom.pud, key << pmd_shift)
-                pmd_cid = _pmd_for_install(k, mm, pud_cid, i)
-                entries = k.stores[PMD].entries[pmd_cid]
-                slot = (addrs[in_pmd] >> span_shift) & (PTRS_PER_TABLE - 1)
-                if vma.is_hugetlb:
-                    entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
-                    continue
-                _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
+    for key in np.unique(addrs >> pmd_shift).tolist():
+        in_pmd = (addrs >> pmd_shift) == key
+        pmd = dir_of(k, mm, PTE, key << pmd_shift)  # pmd_alloc()
+        entries = k.stores[PMD].entries[pmd.cid]
+        slot = (addrs[in_pmd] >> span_shift) & (PTRS_PER_TABLE - 1)
+        if vma.is_hugetlb:
+            entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
+            continue
+        _install_ptes(k, mm, pmd, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
 
 
 def _install_leaves(k: Kernel, mm: MM, addrs: np.ndarray, leaves: np.ndarray) -> None:
     """Place huge PMD leaves (moved whole) at ``addrs``, allocating the tables above them."""
     pmd_shift = k.geom.pmd.span.bit_length() - 1
     span_shift = k.geom.pte.span.bit_length() - 1
-    for lo, hi in spans_touched(Accesses.explicit(addrs), k.geom.pud.span.bit_length() - 1):
-        for pud_cid, a, b in pud_tables(k, mm, lo, hi, alloc=True):
-            sel = (addrs >= a) & (addrs < b)
-            for key in np.unique(addrs[sel] >> pmd_shift).tolist():
-                here = sel & ((addrs >> pmd_shift) == key)
-                pmd_cid = _pmd_for_install(k, mm, pud_cid, k.geom.index(k.geom.pud, key << pmd_shift))
-                k.stores[PMD].entries[pmd_cid, (addrs[here] >> span_shift) & (PTRS_PER_TABLE - 1)] = leaves[here]
+    for key in np.unique(addrs >> pmd_shift).tolist():
+        here = (addrs >> pmd_shift) == key
+        pmd = dir_of(k, mm, PTE, key << pmd_shift)  # pmd_alloc()
+        k.stores[PMD].entries[pmd.cid, (addrs[here] >> span_shift) & (PTRS_PER_TABLE - 1)] = leaves[here]
 
 
-def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:
-    from ..arch import entry_value
-
-    pud = k.stores[PUD]
-    entry = int(pud.entries[pud_cid, i])
-    if entry_tag(entry) == E_NONE:
-        cid = k.stores[PMD].new()
-        account_alloc(k, mm, PMD, 1)
-    else:
-        cid = k.stores[PMD].cow(int(entry_value(entry)))
-    pud.entries[pud_cid, i] = mk_table(cid)
-    return cid
-
-
-def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
+def _install_ptes(k: Kernel, mm: MM, pmd: Table, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
                   write: np.ndarray, pfn: np.ndarray, dirty: np.ndarray) -> None:
     from ..arch import entry_value
 
@@ -184,7 +161,7 @@ def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addr
         ids = pte.new(np.zeros((int(none.sum()), PTRS_PER_TABLE), bool),
                       np.zeros((int(none.sum()), PTRS_PER_TABLE), bool), None)
         entries[spans[none]] = mk_table(ids)
-        account_alloc(k, mm, PTE, int(none.sum()))
+        account_alloc(k, mm, PTE, int(none.sum()), pmd.box)
     cids = pte.cow(entry_value(entries[spans]))
     entries[spans] = mk_table(cids)
     present, w, f = pte.load(cids)
@@ -210,25 +187,20 @@ def _clear(k: Kernel, mm: MM, addrs: np.ndarray) -> None:
     for key in np.unique(addrs >> pmd_shift).tolist():
         base = key << pmd_shift
         sel = (addrs >> pmd_shift) == key
-        for pud_cid, _a, _b in pud_tables(k, mm, base, base + 1, write=True):
-            i = k.geom.index(k.geom.pud, base)
-            entry = int(k.stores[PUD].entries[pud_cid, i])
-            cid = k.stores[PMD].cow(int(entry_value(entry)))
-            k.stores[PUD].entries[pud_cid, i] = mk_table(cid)
-            entries = k.stores[PMD].entries[cid]
-            slot = (addrs[sel] >> span_shift) & (PTRS_PER_TABLE - 1)
-            if entry_tag(entries[slot[0]]) == E_LEAF:
-                entries[slot] = 0
-                continue
-            spans, inv = np.unique(slot, return_inverse=True)
-            ids = pte.cow(entry_value(entries[spans]))
-            entries[spans] = mk_table(ids)
-            present, w, f = pte.load(ids)
-            ent = (addrs[sel] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
-            present[inv, ent] = False
-            w[inv, ent] = False
-            f[inv, ent] = 0
-            pte.store(ids, present, w, f)
+        entries = k.stores[PMD].entries[dir_of(k, mm, PTE, base, alloc=False).cid]
+        slot = (addrs[sel] >> span_shift) & (PTRS_PER_TABLE - 1)
+        if entry_tag(entries[slot[0]]) == E_LEAF:
+            entries[slot] = 0
+            continue
+        spans, inv = np.unique(slot, return_inverse=True)
+        ids = pte.cow(entry_value(entries[spans]))
+        entries[spans] = mk_table(ids)
+        present, w, f = pte.load(ids)
+        ent = (addrs[sel] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        present[inv, ent] = False
+        w[inv, ent] = False
+        f[inv, ent] = 0
+        pte.store(ids, present, w, f)
 
 
 __all__ = ["E_TABLE", "PAGE_SHIFT", "do_mremap", "move_page_tables"]
