@@ -76,6 +76,17 @@ def test_nnls_noisy_data_and_a_column_of_zeros():
     assert np.allclose(x[1:3], truth[1:3], rtol=0.05)
 
 
+def test_nnls_says_when_it_does_not_converge(monkeypatch):
+    nnls_module = sys.modules["ptshare.calibrate.nnls"]
+
+    rng = np.random.default_rng(4)
+    a = rng.random((30, 8))
+    b = a @ rng.normal(size=8)
+    monkeypatch.setattr(nnls_module, "MAX_ITER_PER_COLUMN", 0)  # one iteration: this problem needs more
+    with pytest.raises(nnls_module.NoConvergence, match="did not converge"):
+        nnls(a, b)
+
+
 def test_nnls_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="as many rows"):
         nnls(np.ones((3, 2)), np.ones(4))
