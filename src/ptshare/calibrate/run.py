@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..cost import CostModel
 from ..errors import PtshareError
 from ..host.backend import host_problem
+from ..host.measure import cpu_clock
 from ..host.objects import HostError
 from ..realfork.probe import compiler_problem
 from .experiment import Experiment
@@ -69,10 +70,11 @@ def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
     work = [(experiment.simulate, f) for f in families] + [(probes.simulate, c) for c in probes.configs]
     for _ in range(repeat):  # interleaved: a busy moment of the machine falls on every kind of sample alike
         work += [(experiment.run_once, f) for f in families] + [(probes.run_once, c) for c in probes.configs]
-    for done, (step, fam) in enumerate(work):
-        if progress is not None:
-            progress(done, len(work) + 1)
-        step(fam)
+    with cpu_clock():  # the worker families' times are CPU times too, as the probe's
+        for done, (step, fam) in enumerate(work):
+            if progress is not None:
+                progress(done, len(work) + 1)
+            step(fam)
     points = experiment.measured() + probes.measured()
     if not points:
         raise PtshareError("no calibration sample could be measured on this host (every run's fault counts "
