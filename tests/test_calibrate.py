@@ -20,7 +20,7 @@ from processes import tagged, wait_gone
 from ptshare.calibrate import families
 from ptshare.calibrate import run as calibrate_run
 from ptshare.calibrate.experiment import Experiment, Point
-from ptshare.calibrate.families import ACCESS, Sample, call
+from ptshare.calibrate.families import Sample, call
 from ptshare.calibrate.fit import PREFAULTED_READ, UNMEASURABLE, events_of, fit
 from ptshare.calibrate.nnls import nnls
 from ptshare.calibrate.probes import ProbeExperiment, probe_plan
@@ -111,9 +111,10 @@ TRUTH = {"fault_anon": 310.0, "fault_zero": 640.0, "fault_file": 980.0, "fault_a
          "fault_shared_write": 870.0, "fault_cow": 520.0, "fault_wp_copy": 610.0, "fault_wp_reuse": 700.0,
          "fault_wp_shared": 2100.0, "page_alloc": 1250.0, "ptes_copied": 95.0, "pte_tables_copied": 1000.0,
          "vmas_copied": 800.0, "ptes_zapped": 60.0, "pages_freed": 190.0, "pgtable_alloc": 500.0,
-         "pgtable_free": 400.0, "ptes_changed": 75.0, "ptes_moved": 12.0, "fork": 45_000.0}
+         "pgtable_free": 400.0, "ptes_changed": 75.0, "ptes_moved": 12.0, "fork": 45_000.0,
+         "accesses": 11.0}
 PSEUDO = {call("touch"): 1_500.0, call("exit"): 900.0, call("munmap"): 3_800.0,
-          call("mprotect"): 2_000.0, call("mremap"): 5_000.0, ACCESS: 11.0, PREFAULTED_READ: 230.0}
+          call("mprotect"): 2_000.0, call("mremap"): 5_000.0, PREFAULTED_READ: 230.0}
 
 
 def _synthetic(points: list[Point], base: CostModel, noise: float = 0.0, seed: int = 0) -> list[Point]:

@@ -48,7 +48,7 @@ simulator's event counts for that step.  What each family separates:
 Sample steps are grouped by *op*: the operation whose measured time they are (``fork``,
 ``touch``, ``exit``, ``munmap``, ``mprotect``, ``mremap``).  Beside the event counts each sample
 carries pseudo-events that are not in the cost model but are in the measurement: the number of
-calls (each op's fixed cost) and, for touches, of accesses, and whether the touch reads every page
+calls (each op's fixed cost) and, for touches, whether the touch reads every page
 of its range (then it reads each page fault-around maps as soon as it is mapped).
 """
 
@@ -74,7 +74,7 @@ class Sample:
 
     step: int
     op: str
-    pseudo: dict[str, int] = field(default_factory=dict)  # calls and accesses: see the module docstring
+    pseudo: dict[str, int] = field(default_factory=dict)  # calls: see the module docstring
     every_page: bool = False  # a touch that reads every page of its range, in order
 
 
@@ -89,9 +89,6 @@ class Family:
 def call(op: str) -> str:
     """The pseudo-event counting calls of ``op``: its fixed cost, the intercept of its fit."""
     return f"{op} call"
-
-
-ACCESS = "touch access"  # the pseudo-event counting accesses of a touch (faulting or not)
 
 
 class _Builder:
@@ -117,8 +114,7 @@ class _Builder:
 
     def touch(self, pid: str, vma: str, length: int, *, write: bool, stride: int = PAGE_SIZE, repeat: int = 1,
               sample: bool = True) -> None:
-        accesses = -(-length // stride) * repeat
-        self._add("touch", "touch" if sample else None, {call("touch"): repeat, ACCESS: accesses},
+        self._add("touch", "touch" if sample else None, {call("touch"): repeat},
                   every_page=stride == PAGE_SIZE, pid=pid, vma=vma, access="write" if write else "read",
                   length=length, stride=stride, repeat=repeat)
 

@@ -154,6 +154,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "forkprobe: size and stride must be multiples of 4096; layout fresh, recycled or shuffled\n");
 		return 2;
 	}
+	/* where the child puts its times; mapped first, so that it lies in none of the ranges the child unmaps */
+	struct span *shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (shared == MAP_FAILED)
+		die("mmap");
 	if (!strcmp(layout, "recycled") && size)
 		recycle(size);
 	char *a = NULL, *v = NULL;
@@ -183,9 +187,6 @@ int main(int argc, char **argv)
 	struct span touch = stop(&t);
 	double adj = size ? adjacent(a, size, stride) : 1.0;
 
-	struct span *shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (shared == MAP_FAILED)
-		die("mmap");
 	printf("{\"size\": %lu, \"stride\": %lu, \"vmas\": %lu, \"layout\": \"%s\", \"thp\": %d, \"adjacent\": %.4f, ",
 	       size, stride, nvmas, layout, thp, adj);
 	print_span("touch", touch, ", ");
