@@ -11,10 +11,9 @@ not fail it; ``ptshare bench --real`` records exact ratios for a C program.
 The cluster (the ``cluster`` fixture) is the one ``tests/test_postgres.py`` sets up.
 """
 
-import json
 import sys
 
-from ptshare.cli.main import main
+from forkcheck import whatif_fork
 from test_postgres import cluster, pytestmark  # noqa: F401  (the fixture, and its skip conditions)
 
 CONNECTIONS = 200
@@ -32,12 +31,7 @@ def test_postmaster_fork_against_whatif(cluster, tmp_path, capsys):  # noqa: F81
     script.write_text("SELECT 1;\n")
     connect = ["-h", str(cluster.root), "-p", str(cluster.port), "-n", "-C", "-c", "1", "-f", str(script)]
     cluster.run("pgbench", *connect, "-t", "20", "postgres")  # warm-up: the postmaster's own pages settle
-    path = tmp_path / "pm.npz"
-    assert main(["snapshot", "--pid", str(pm), "-o", str(path)]) == 0
-    capsys.readouterr()
-    assert main(["whatif", str(path), "--policy", "linux", "--format", "json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    fork = doc["processes"][str(pm)]["policies"]["linux"]["fork"]
+    doc, fork = whatif_fork(pm, tmp_path, capsys)
     assert doc["cost_profile"]["name"] and doc["cost_profile"]["machine"]
 
     rounds = []

@@ -7,9 +7,11 @@ written and freed memory to keep the hypervisor's first touch out of its faults.
 fresh memory as a program does and times its forks by their CPU time, so a busy machine does not
 stretch them (see docs/model.md, "What fork's cost depends on").
 
-Three kinds of probe runs, each varying one size: ``dense`` (every page of 512 MiB to 4 GiB
-written: PTEs and their tables; smaller sizes get frames the allocator had just freed, out of
-order, which cost more per PTE, see docs/model.md), ``sparse`` (one page per 2 MiB over 1 to 8 GiB: as many PTE
+Three kinds of probe runs, each varying one size: ``dense`` (every page of 2 to 8 GiB written,
+as much of it as the memory available now allows: PTEs and their tables; the cost is per PTE
+whose frame follows its predecessor's, as most of a large program's do -- the first few hundred
+MiB a program writes get frames the allocator had just freed, out of order, which cost more per
+PTE, see docs/model.md), ``sparse`` (one page per 2 MiB over 1 to 8 GiB: as many PTE
 tables as PTEs), ``vmas`` (0 to 1,024 one-page VMAs: the cost per VMA, and with none, fork's
 fixed cost).  Each run forks three times after a warm-up fork; its sample is the median of the
 three, and a point's time the median over the runs.
@@ -21,6 +23,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..cost import CostModel
+from ..realfork.compare import affordable
 from ..realfork.predict import probe_scenario
 from ..realfork.probe import run_probe
 from ..scenario import run
@@ -50,7 +53,8 @@ def probe_plan(quick: bool) -> list[ProbeConfig]:
         return [*(ProbeConfig("dense", n * MIB) for n in (16, 64, 256)),
                 *(ProbeConfig("sparse", n * MIB, 2 * MIB) for n in (256, 1024)),
                 *(ProbeConfig("vmas", vmas=k) for k in (0, 64, 256))]
-    return [*(ProbeConfig("dense", n * MIB) for n in (512, 1024, 2048, 4096)),
+    dense, _ = affordable(tuple(n * GIB for n in (2, 4, 8)))
+    return [*(ProbeConfig("dense", n) for n in dense),
             *(ProbeConfig("sparse", n * GIB, 2 * MIB) for n in (1, 2, 4, 8)),
             *(ProbeConfig("vmas", vmas=k) for k in (0, 64, 256, 1024))]
 
