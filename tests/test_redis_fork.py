@@ -6,7 +6,8 @@ the CPU time of its main thread around each ``BGSAVE`` (``/proc/PID/task/PID/sch
 the little else the idle server does meanwhile), and Redis's own ``latest_fork_usec`` (wall time,
 so stretched by a busy machine: printed, not checked).  Predicted: ``whatif`` on a snapshot of the
 server.  The ratio is printed; the check is a wide band (0.5-2x) so that a busy machine does not
-fail it.  Debian's redis-server is installed when missing (as root), as ``.ci/run`` does.
+fail it.  Debian's redis-server is installed when missing (as root).  Run it with
+``PTSHARE_REDIS=1 make test PYTEST_ARGS="tests/test_redis_fork.py -s"``.
 """
 
 import contextlib
@@ -24,6 +25,10 @@ from forkcheck import whatif_fork
 from test_postgres import free_port
 
 pytestmark = [
+    pytest.mark.skipif(not os.environ.get("PTSHARE_REDIS"),
+                       reason="a reference measurement, not part of make test: set PTSHARE_REDIS=1 to run it (a "
+                       "minute, 1.2 GiB; Redis's heap frames are often out of order, which the model does not carry, "
+                       "so on a busy machine the ratio can fall to the band's lower edge)"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Redis test: Linux only"),
     pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0,
                        reason="Redis test: needs root (to install the server and read its page tables)"),
