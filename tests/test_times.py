@@ -166,3 +166,21 @@ def test_whatif_names_the_profile_and_machine_its_times_come_from(tmp_path, caps
 
     profile = load_profile()
     assert f"times from the cost profile {profile.name!r}, measured on {profile.machine}" in " ".join(text.split())
+
+
+@needs_cc
+def test_bench_real_prints_and_writes_each_size(tmp_path, capsys, monkeypatch):
+    from ptshare.realfork import compare
+
+    monkeypatch.setattr(compare, "SIZES", (4 * MIB, 16 * MIB))
+    monkeypatch.setattr(compare, "RUNS", 2)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--real", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fork of a C program" in text and "profile 'default'" in text
+    real = json.loads(out.read_text())["real"]
+    assert real["runs"] == 2 and [s["size"] for s in real["sizes"]] == [4 * MIB, 16 * MIB]
+    for s in real["sizes"]:
+        assert len(s["cpu_ns_all"]) == 2 and s["measured_cpu_ns"] == round(statistics.median(s["cpu_ns_all"]))
+        assert s["ptes"] == s["size"] // 4096
+        assert s["ratio"] == pytest.approx(s["predicted_ns"] / s["measured_cpu_ns"], rel=1e-3)
