@@ -157,8 +157,13 @@ def test_the_probe_scenario_is_the_c_programs_scenario():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="snapshots read /proc")
 def test_whatif_names_the_profile_and_machine_its_times_come_from(tmp_path, capsys):
-    path = tmp_path / "me.npz"
-    assert main(["snapshot", "--pid", str(os.getpid()), "-o", str(path)]) == 0
+    path = tmp_path / "sleep.npz"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert main(["snapshot", "--pid", str(sleeper.pid), "-o", str(path)]) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     capsys.readouterr()
     assert main(["whatif", str(path), "--policy", "linux"]) == 0
     text = capsys.readouterr().out
