@@ -236,3 +236,22 @@ def test_asking_for_a_cluster_without_dask_is_one_line(tmp_path, capsys, monkeyp
         err = capsys.readouterr().err
         assert err == (f"ptshare: {argv[-2]} runs on Dask distributed, which is not installed here: "
                        "pip install 'ptshare[dask]'\n")
+
+
+def test_a_run_made_by_another_ptshare_is_refused_not_stored(tmp_path):
+    from ptshare.cost import load_profile
+    from ptshare.experiments.runner import Made, make_runs
+    from ptshare.sweep.grid import jobs
+
+    class OtherModel:  # an executor whose worker has other model sources
+        def map(self, work, todo, bar):
+            for job in todo:
+                made = work(job, None)
+                yield job, Made(made.metrics, made.wall_s, made.version, "0" * 16)
+
+    sc = load(SEGMENT)
+    todo = jobs(plan(sc, parse_axes(sc, ["objects.sga.size=64MiB"]), ["linux"]), load_profile())
+    with ResultsDB(tmp_path / "r.db") as db:
+        with pytest.raises(UsageError, match=r"was made by ptshare \S+ \(model 0{16}\), not this ptshare"):
+            make_runs(todo, db, OtherModel())
+        assert db.runs() == []

@@ -127,6 +127,10 @@ class ResultsDB:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=30)
+            # Write-ahead logging: a run's commit costs ~0.1 ms instead of an fsync (~20 ms here), so one
+            # process can store the runs of many workers; a killed process still loses no committed run.
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
             with self.conn:
                 self.conn.executescript(_SCHEMA)
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))

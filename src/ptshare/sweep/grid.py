@@ -51,16 +51,21 @@ def plan(scenario: Scenario, axes: list[Axis], policies: list[str]) -> list[Poin
     return points
 
 
+def jobs(points: list[Point], cost: CostModel) -> list[Job]:
+    """The run of each point; its key leaves out the point's values, which only say where it is in the grid."""
+    return [Job(run_key(MEASURES, RunSpec(p.label, p.scenario, p.policy, {}), cost),
+                RunSpec(p.label, p.scenario, p.policy, p.values), MEASURES, cost) for p in points]
+
+
 def run_sweep(scenario: Scenario, axes: list[Axis], policies: list[str], db: ResultsDB, cost: CostModel, *,
               executor: Executor | None = None, progress: bool | None = None) -> tuple[SweepRecord, Tally]:
     """Make (or find) every point of the grid, storing each run as it finishes; the sweep as stored."""
     points = plan(scenario, axes, policies)
-    jobs = [Job(run_key(MEASURES, RunSpec(p.label, p.scenario, p.policy, {}), cost),
-                RunSpec(p.label, p.scenario, p.policy, p.values), MEASURES, cost) for p in points]
+    todo = jobs(points, cost)
     sweep_id = db.start_sweep(scenario.name, scenario.path or "", [[a.key, list(a.values)] for a in axes], policies,
                               [{"label": p.label, "key": j.key, "policy": p.policy, "values": p.values}
-                               for p, j in zip(points, jobs, strict=True)])
-    _, tally = make_runs(jobs, db, executor, f"sweep {scenario.name}", progress)
+                               for p, j in zip(points, todo, strict=True)])
+    _, tally = make_runs(todo, db, executor, f"sweep {scenario.name}", progress)
     db.finish_sweep(sweep_id)
     return find(db, sweep_id), tally
 
