@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 Work = Callable[["Job", Callable[[int, int], None] | None], "Made"]
 
-# How long to wait for a cluster to come up or answer: start-up on a loaded machine can take a while.
-CONNECT_TIMEOUT_S = 120
+# How long to wait for a cluster to come up (start-up on a loaded machine takes a while), for a running
+# scheduler to answer, and for it to have a worker.
+START_TIMEOUT_S = 120
+CONNECT_TIMEOUT_S = 30
 
 
 class RunFailed(PtshareError):
@@ -122,8 +124,8 @@ def executor_for(args: argparse.Namespace) -> Iterator[Executor]:
         if args.workers:
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.ERROR))
-            client = stack.enter_context(distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S))
+                dashboard_address=None, silence_logs=logging.CRITICAL))  # errors reach the user as ours
+            client = stack.enter_context(distributed.Client(cluster, timeout=START_TIMEOUT_S))
         else:
             client = stack.enter_context(_connect(distributed, args.cluster))
         yield DaskExecutor(client)
@@ -137,7 +139,7 @@ def _connect(distributed: Any, address: str) -> Iterator[Any]:
         raise UsageError(f"--cluster {address}: no Dask scheduler answers there ({exc})") from None
     with client:
         try:
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            client.wait_for_workers(1, timeout=START_TIMEOUT_S)
         except TimeoutError:
             raise UsageError(f"--cluster {address}: the scheduler has no workers; start some with "
                              f"'dask worker {address}'") from None

@@ -79,7 +79,7 @@ def execute(spec: RunSpec, cost: CostModel, progress: Callable[[int, int], None]
     try:
         return run(spec.scenario, spec.policy, cost=cost, progress=progress)
     except ScenarioError as exc:
-        raise ScenarioError(f"run {spec.label} ({spec.policy}): {exc.message}") from None
+        raise ScenarioError(f"run {spec.label} ({spec.policy}): {exc.message}", exc.file, exc.line) from None
 
 
 class Measures(Protocol):

@@ -60,10 +60,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario)
     policies = _policies(args.policy)
     axes = parse_axes(scenario, args.vary)
-    grid.plan(scenario, axes, policies)  # every point checked before the database is opened or a run made
+    points = grid.plan(scenario, axes, policies)  # every point checked before the database is opened
     cost = _cost(args.profile)
     with _db(args.db) as db, executor_for(args) as executor:
-        record, tally = grid.run_sweep(scenario, axes, policies, db, cost, executor=executor)
+        record, tally = grid.run_sweep(scenario, axes, policies, db, cost, points=points, executor=executor)
         out, total = grid.rows(record, db)
         where = str(db.path)
     if args.format == "json":

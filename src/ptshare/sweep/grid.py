@@ -58,9 +58,11 @@ def jobs(points: list[Point], cost: CostModel) -> list[Job]:
 
 
 def run_sweep(scenario: Scenario, axes: list[Axis], policies: list[str], db: ResultsDB, cost: CostModel, *,
-              executor: Executor | None = None, progress: bool | None = None) -> tuple[SweepRecord, Tally]:
-    """Make (or find) every point of the grid, storing each run as it finishes; the sweep as stored."""
-    points = plan(scenario, axes, policies)
+              points: list[Point] | None = None, executor: Executor | None = None,
+              progress: bool | None = None) -> tuple[SweepRecord, Tally]:
+    """Make (or find) every point of the grid (``points``: as :func:`plan` gives them, if made already),
+    storing each run as it finishes; the sweep as stored."""
+    points = points or plan(scenario, axes, policies)
     todo = jobs(points, cost)
     sweep_id = db.start_sweep(scenario.name, scenario.path or "", [[a.key, list(a.values)] for a in axes], policies,
                               [{"label": p.label, "key": j.key, "policy": p.policy, "values": p.values}
