@@ -255,3 +255,10 @@ def test_a_run_made_by_another_ptshare_is_refused_not_stored(tmp_path):
         with pytest.raises(UsageError, match=r"was made by ptshare \S+ \(model 0{16}\), not this ptshare"):
             make_runs(todo, db, OtherModel())
         assert db.runs() == []
+
+
+def test_host_runs_are_not_sent_to_a_cluster(tmp_path, capsys):
+    for command in (["experiment", "fork-vs-segment", "--quick"], ["demo", "--quick", "--out", str(tmp_path / "o")]):
+        assert main([*command, "--with-host", "--workers", "2"]) == 2
+        assert capsys.readouterr().err == ("ptshare: --with-host measures this machine's kernel, one run at a time; "
+                                           "it cannot run with --workers or --cluster\n")
