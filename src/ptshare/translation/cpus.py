@@ -53,6 +53,7 @@ class Cpu:
     llc: int
     asids: int = 6
     latency: Latency = field(default_factory=Latency)
+    host_page: int = 0  # in a guest with nested paging: the page size backing guest memory; 0: bare metal
 
     def lines(self, nbytes: int) -> int:
         return nbytes // LINE
@@ -93,7 +94,14 @@ GOLDEN_COVE = Cpu(
     latency=Latency(l1=1.2, l2=4.5, llc=30.0, dram=110.0, tlb_l2=2.5, walk=10.0),
 )
 
-CPUS: dict[str, Cpu] = {c.name: c for c in (ZEN4, ZEN3, GOLDEN_COVE)}
+# This project's machines: Zen 4 in a Firecracker guest, whose memory the host backs with 4 KiB
+# pages.  TLB entries then map at most 4 KiB (a 2 MiB guest page too), and a walk is
+# two-dimensional: each guest table page's and the data page's guest-physical address are
+# translated by the host's tables as well.
+ZEN4_GUEST = replace(ZEN4, name="zen4-guest", summary="AMD Zen 4 in a KVM guest, memory backed by 4 KiB host pages",
+                     host_page=4096)
+
+CPUS: dict[str, Cpu] = {c.name: c for c in (ZEN4, ZEN4_GUEST, ZEN3, GOLDEN_COVE)}
 DEFAULT = ZEN4
 
 

@@ -30,7 +30,7 @@ start of every step and by the LLC content the skipped accesses would have left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 PWC_LEVELS = {3: "pml4e", 2: "pdpte", 1: "pde"}  # the upper-level entry each cache holds, by level
 _DATA_ROOT = 0x44415441  # data lines are hashed apart from page-table lines
+_HOST_ROOT = 0x484F5354  # ... and the host's page-table lines (nested paging) apart from both
+PAGE_MASK = (1 << PAGE_SHIFT) - 1
 SLICE = 4096
 LLC_SAMPLE = 16
 CHUNK_SLICES = 16
@@ -63,13 +65,16 @@ class Figures:
     walk_refs_llc_miss: float = 0.0  # ... of which from DRAM
     data_llc_miss: float = 0.0  # data references from DRAM
     est_ns: float = 0.0  # modelled time of the accesses, data and translation
+    served: np.ndarray = field(default_factory=lambda: np.zeros(4))  # references by where served: L1d..DRAM
 
-    def add(self, other: Figures, scale: float = 1.0) -> None:
+    def add(self, other: Figures) -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name) * scale)
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def to_json(self) -> dict[str, int]:
-        return {f.name: round(getattr(self, f.name)) for f in fields(self)}
+        out = {f.name: round(getattr(self, f.name)) for f in fields(self) if f.name != "served"}
+        out.update(zip(("refs_l1", "refs_l2", "refs_llc", "refs_dram"), (round(x) for x in self.served), strict=True))
+        return out
 
 
 class _CpuState:
@@ -159,10 +164,11 @@ class Translation:
         cpu_of = (self.next_cpu + slices) % len(self.cpus)
         self.next_cpu = (self.next_cpu + nslices) % len(self.cpus)
         shifts = np.array([lv.shift for lv in k.geom.levels], dtype=np.int64)
-        page = addrs >> shifts[leaf]  # the page number at the leaf's size
+        tlb_shift = shifts[leaf] if not cpu.host_page else np.minimum(shifts[leaf], cpu.host_page.bit_length() - 1)
         pfn = translate(k, mm, addrs)
-        sub = (addrs >> PAGE_SHIFT) & ((1 << (shifts[leaf] - PAGE_SHIFT)) - 1)
-        data_key = mix(mix(np.full(n, _DATA_ROOT, dtype=np.uint64), pfn), sub)
+        # a guest-physical address: a hugetlb folio is one frame number standing for 2 MiB
+        gpa = (pfn << shifts[leaf]) + (addrs & ((1 << shifts[leaf]) - 1) & ~PAGE_MASK)
+        data_key = mix(np.full(n, _DATA_ROOT, dtype=np.uint64), gpa >> PAGE_SHIFT)
         walk_level = np.full(n, -1, dtype=np.int64)  # the highest level a walk reads (-1: no walk)
         for q in range(min(nslices, len(self.cpus))):
             self._switch_to(int((self.next_cpu - nslices + q) % len(self.cpus)), mm_id)
@@ -171,7 +177,7 @@ class Translation:
             if not len(on):
                 continue
             asid = self._asid_key(c, mm_id)
-            dist = st.tlb.access(mix(mix(asid, leaf[on]), page[on]))
+            dist = st.tlb.access(mix(mix(asid, leaf[on]), addrs[on] >> tlb_shift[on]))
             fig.tlb_misses += int((dist >= cpu.tlb_l1).sum())
             walk = on[dist >= cpu.tlb_l2]
             fig.walks += len(walk)
@@ -185,45 +191,72 @@ class Translation:
                 cached[np.flatnonzero(above)[d < st.pwc[lvl].capacity]] = True
                 start = np.where(cached & (start == top), lvl - 1, start)
             walk_level[walk] = start
-        # the reference stream: each access's walk entries top-down, then its data line
+        keys, is_data, owner = self._references(ident, leaf, walk_level, addrs, shifts, gpa, data_key)
+        level = self._caches(keys, cpu_of[owner])
+        for mask, miss_field in ((is_data, "data_llc_miss"), (~is_data, "walk_refs_llc_miss")):
+            served = np.bincount(level[mask], minlength=5)[:4] * np.array([1, 1, self.llc_rate, self.llc_rate])
+            setattr(fig, miss_field, int(served[3]))
+            fig.served += served
+        fig.walk_refs = int((~is_data).sum())
+        fig.est_ns = float(fig.served @ np.array([lat.l1, lat.l2, lat.llc, lat.dram]))
+        fig.est_ns += fig.tlb_misses * lat.tlb_l2 + fig.walks * lat.walk
+        return fig
+
+    def _references(self, ident: np.ndarray, leaf: np.ndarray, walk_level: np.ndarray, addrs: np.ndarray,
+                    shifts: np.ndarray, gpa: np.ndarray, data_key: np.ndarray,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The line each access reads, in order: its walk's entries top-down, then its data.
+
+        Under nested paging (``cpu.host_page``) each guest entry is preceded by the host's leaf
+        entry that translates the guest table's guest-physical page, and the walk ends with the
+        host entry for the data's page: a two-dimensional walk whose host upper levels are taken
+        to hit the nested paging-structure caches.  Returns (keys, is_data, owning access).
+        """
+        nested = bool(self.cpu.host_page)
         nwalk = np.where(walk_level >= 0, walk_level - leaf + 1, 0)
-        total = nwalk + 1
-        owner = np.repeat(np.arange(n), total)
-        first = np.cumsum(total) - total
-        step_in = np.arange(len(owner)) - first[owner]
-        is_data = step_in == nwalk[owner]
-        lvl = walk_level[owner] - step_in
-        wl = lvl[~is_data]
-        wo = owner[~is_data]
-        idx = (addrs[wo] >> shifts[wl]) & 511
+        nrefs = np.where(nwalk > 0, 2 * nwalk + 1, 0) if nested else nwalk
+        total = nrefs + 1
+        owner = np.repeat(np.arange(len(addrs)), total)
+        step_in = np.arange(len(owner)) - (np.cumsum(total) - total)[owner]
+        is_data = step_in == nrefs[owner]
         keys = np.empty(len(owner), dtype=np.uint64)
-        keys[~is_data] = mix(ident[wl, wo], idx >> 3)
         keys[is_data] = data_key
-        ref_cpu = cpu_of[owner]
-        level = np.full(len(owner), 3, dtype=np.int8)  # 0 L1, 1 L2, 2 LLC, 3 DRAM
+        if nested:
+            host_shift = self.cpu.host_page.bit_length() - 1 + 3  # 8 host entries a line
+            host_data = ~is_data & (step_in == nrefs[owner] - 1)
+            guest = ~is_data & ~host_data & (step_in % 2 == 1)
+            host_table = ~is_data & ~host_data & ~guest
+            keys[host_data] = mix(np.full(int(host_data.sum()), _HOST_ROOT, dtype=np.uint64),
+                                  gpa[owner[host_data]] >> host_shift)
+            ho = owner[host_table]
+            hl = walk_level[ho] - step_in[host_table] // 2
+            keys[host_table] = mix(mix(np.full(len(ho), _HOST_ROOT, dtype=np.uint64), 1), ident[hl, ho])
+            depth = step_in // 2
+        else:
+            guest = ~is_data
+            depth = step_in
+        go = owner[guest]
+        gl = walk_level[go] - depth[guest]
+        keys[guest] = mix(ident[gl, go], ((addrs[go] >> shifts[gl]) & 511) >> 3)
+        return keys, is_data, owner
+
+    def _caches(self, keys: np.ndarray, ref_cpu: np.ndarray) -> np.ndarray:
+        """Where each reference is served: 0 L1d, 1 L2, 2 LLC, 3 DRAM; -1 for an L2 miss whose
+        line the LLC sample does not hold (counted, scaled, through the sampled ones)."""
+        cpu = self.cpu
+        level = np.full(len(keys), -1, dtype=np.int8)
         for c, st in enumerate(self.cpus):
             on = np.flatnonzero(ref_cpu == c)
             if len(on):
                 d = st.cache.access(keys[on])
-                level[on] = np.where(d < cpu.lines(cpu.l1d), 0, np.where(d < cpu.lines(cpu.l2), 1, 3))
+                level[on] = np.where(d < cpu.lines(cpu.l1d), 0, np.where(d < cpu.lines(cpu.l2), 1, -1))
         sampled = (keys >> np.uint64(40)) % np.uint64(self.llc_rate) == 0
         d = self.llc.access(keys[sampled])
-        in_llc = np.zeros(len(keys), dtype=bool)
-        in_llc[np.flatnonzero(sampled)[d < self.llc.capacity]] = True
-        beyond = level == 3
-        # hits served by the LLC are known only for sampled lines: count those, scaled
-        llc_miss = beyond & sampled & ~in_llc
-        llc_hit = beyond & sampled & in_llc
-        rate = self.llc_rate
-        for mask, miss_field in ((is_data, "data_llc_miss"), (~is_data, "walk_refs_llc_miss")):
-            near = np.bincount(level[mask & ~beyond], minlength=3)
-            far_miss = int((mask & llc_miss).sum()) * rate
-            far_hit = int((mask & llc_hit).sum()) * rate
-            setattr(fig, miss_field, far_miss)
-            fig.est_ns += float(near[0] * lat.l1 + near[1] * lat.l2 + far_hit * lat.llc + far_miss * lat.dram)
-        fig.walk_refs = int((~is_data).sum())
-        fig.est_ns += fig.tlb_misses * lat.tlb_l2 + fig.walks * lat.walk
-        return fig
+        beyond = np.flatnonzero(sampled & (level < 0))
+        hit = np.zeros(len(keys), dtype=bool)
+        hit[np.flatnonzero(sampled)[d < self.llc.capacity]] = True
+        level[beyond] = np.where(hit[beyond], 2, 3)
+        return np.where(level < 0, 4, level)  # 4: not sampled beyond L2 (bincount drops it below)
 
     # --- reporting -----------------------------------------------------------------------------
 
