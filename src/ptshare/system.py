@@ -310,6 +310,12 @@ class System:
         n_ok = acc.first_outside(ok)
         valid = acc.prefix(n_ok)
 
+        fresh = None
+        if self.translation is not None and len(valid):  # pages the fault path is about to map
+            from .mm.translate import lookup
+
+            fresh = ~lookup(self.k, mm, valid.materialize())[0]
+
         def op() -> None:
             if not len(valid):
                 return
@@ -320,7 +326,7 @@ class System:
 
         self._run(task, op)
         if self.translation is not None and len(valid):
-            self.translation.access(task, valid)
+            self.translation.access(task, valid, fresh)
         if self.k.read_log is not None:
             from .mm.translate import read_stamps
 

@@ -63,6 +63,7 @@ class Figures:
     walks: float = 0.0  # L2 TLB misses: page walks
     walk_refs: float = 0.0  # page-table entries the walks read from the cache hierarchy
     walk_refs_llc_miss: float = 0.0  # ... of which from DRAM
+    walk_refs_llc: float = 0.0  # ... of which from the LLC (an extra field)
     data_llc_miss: float = 0.0  # data references from DRAM
     est_ns: float = 0.0  # modelled time of the accesses, data and translation
     served: np.ndarray = field(default_factory=lambda: np.zeros(4))  # references by where served: L1d..DRAM
@@ -135,8 +136,12 @@ class Translation:
 
     # --- accesses ------------------------------------------------------------------------------
 
-    def access(self, task: Task, acc: Accesses) -> Figures:
-        """Translate the accesses ``acc`` of ``task`` (already mapped by the fault path)."""
+    def access(self, task: Task, acc: Accesses, fresh: np.ndarray | None = None) -> Figures:
+        """Translate the accesses ``acc`` of ``task`` (already mapped by the fault path).
+
+        ``fresh`` marks the accesses whose page was not mapped before the touch: the fault path
+        has just written their leaf entry, so the walk finds that line in the CPU's L1d.
+        """
         n = len(acc)
         out = Figures()
         if n == 0:
@@ -144,16 +149,18 @@ class Translation:
         addrs = acc.materialize()
         step = CHUNK_SLICES * self.slice  # bounded batches; the stacks carry state across them
         for lo in range(0, n, step):
-            out.add(self._simulate(task.mm.id, task.mm, addrs[lo:lo + step]))
+            part = None if fresh is None else fresh[lo:lo + step]
+            out.add(self._simulate(task.mm.id, task.mm, addrs[lo:lo + step], part))
         self.step.add(out)
         self.per_process.setdefault(task.name, Figures()).add(out)
         return out
 
-    def _simulate(self, mm_id: int, mm, addrs: np.ndarray) -> Figures:
+    def _simulate(self, mm_id: int, mm, addrs: np.ndarray, fresh: np.ndarray | None) -> Figures:
         k, cpu, lat = self.k, self.cpu, self.cpu.latency
         ident, leaf = table_walk(k, mm, addrs)
         mapped = leaf >= 0
         addrs, ident, leaf = addrs[mapped], ident[:, mapped], leaf[mapped]
+        fresh = np.zeros(len(addrs), dtype=bool) if fresh is None else fresh[mapped]
         n = len(addrs)
         fig = Figures(accesses=n)
         if n == 0:
@@ -191,11 +198,14 @@ class Translation:
                 cached[np.flatnonzero(above)[d < st.pwc[lvl].capacity]] = True
                 start = np.where(cached & (start == top), lvl - 1, start)
             walk_level[walk] = start
-        keys, is_data, owner = self._references(ident, leaf, walk_level, addrs, shifts, gpa, data_key)
+        keys, is_data, owner, guest_level = self._references(ident, leaf, walk_level, addrs, shifts, gpa, data_key)
         level = self._caches(keys, cpu_of[owner])
+        level[(guest_level == leaf[owner]) & fresh[owner]] = 0  # the leaf entry the fault just wrote
         for mask, miss_field in ((is_data, "data_llc_miss"), (~is_data, "walk_refs_llc_miss")):
             served = np.bincount(level[mask], minlength=5)[:4] * np.array([1, 1, self.llc_rate, self.llc_rate])
             setattr(fig, miss_field, int(served[3]))
+            if miss_field == "walk_refs_llc_miss":
+                fig.walk_refs_llc = int(served[2])
             fig.served += served
         fig.walk_refs = int((~is_data).sum())
         fig.est_ns = float(fig.served @ np.array([lat.l1, lat.l2, lat.llc, lat.dram]))
@@ -204,13 +214,14 @@ class Translation:
 
     def _references(self, ident: np.ndarray, leaf: np.ndarray, walk_level: np.ndarray, addrs: np.ndarray,
                     shifts: np.ndarray, gpa: np.ndarray, data_key: np.ndarray,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The line each access reads, in order: its walk's entries top-down, then its data.
 
         Under nested paging (``cpu.host_page``) each guest entry is preceded by the host's leaf
         entry that translates the guest table's guest-physical page, and the walk ends with the
         host entry for the data's page: a two-dimensional walk whose host upper levels are taken
-        to hit the nested paging-structure caches.  Returns (keys, is_data, owning access).
+        to hit the nested paging-structure caches.  Returns (keys, is_data, owning access, and the
+        level of each guest entry read, -1 for the data and host entries).
         """
         nested = bool(self.cpu.host_page)
         nwalk = np.where(walk_level >= 0, walk_level - leaf + 1, 0)
@@ -238,7 +249,9 @@ class Translation:
         go = owner[guest]
         gl = walk_level[go] - depth[guest]
         keys[guest] = mix(ident[gl, go], ((addrs[go] >> shifts[gl]) & 511) >> 3)
-        return keys, is_data, owner
+        guest_level = np.full(len(owner), -1, dtype=np.int64)
+        guest_level[guest] = gl
+        return keys, is_data, owner, guest_level
 
     def _caches(self, keys: np.ndarray, ref_cpu: np.ndarray) -> np.ndarray:
         """Where each reference is served: 0 L1d, 1 L2, 2 LLC, 3 DRAM; -1 for an L2 miss whose
