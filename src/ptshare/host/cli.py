@@ -21,9 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"scenario files or directories (default: the validation suite, {SUITE})")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--summary", action="store_true", help="one line per passing scenario")
-    p.add_argument("--runs", type=whole_number("--runs", 1), default=3, metavar="N",
+    p.add_argument("--runs", type=whole_number("--runs", 1), metavar="N",
                    help="host runs allowed for a scenario whose counters differ (the kernel's fault-around is "
-                   "opportunistic); a scenario passes only if one agrees exactly (default 3; 1: no reruns)")
+                   "opportunistic); a scenario passes only if one agrees exactly (default 3; 1: no reruns); "
+                   "with --translation, interleaved runs of each chase (default 8)")
+    p.add_argument("--translation", action="store_true",
+                   help="instead: time random pointer chases on this CPU (4 KiB and 2 MiB pages, processes and "
+                   "threads) and check the translation model's ratios (root; a few minutes)")
     p.add_argument("--profile", help="a cost profile (TOML) for the predicted times; default: the shipped one")
     p.add_argument("--times", action="store_true",
                    help="also time every step on the host (CPU time, median of --time-runs interleaved runs, the "
@@ -49,6 +53,10 @@ def percentage(text: str) -> float:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.translation:
+        from ..translation.cli import validate_translation
+
+        return validate_translation(args)
     from ..cost import load_profile
     from . import validate
 
@@ -61,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         for n, scenario in enumerate(scenarios):
             progress(n, len(scenarios))
-            verdicts.append(validate.validate(scenario, cost, runs=args.runs))
+            verdicts.append(validate.validate(scenario, cost, runs=args.runs or 3))
     finally:
         progress.close()
     times = None

@@ -11,7 +11,8 @@ from ..errors import ScenarioError
 from ..files import readable_file
 from .model import Machine, Scenario
 
-_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base"}
+_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "translation", "translation_cpu",
+                 "translation_slice"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 _HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
 _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
@@ -154,7 +155,20 @@ def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
             raise ScenarioError(f"memory: {exc}", path, top.get("machine.memory", line)) from None
         if out["memory"] < 1 << 20:
             raise ScenarioError("memory must be at least 1 MiB", path, top.get("machine.memory", line))
-    limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5)}
+    if "translation" in data:
+        if not isinstance(data["translation"], bool):
+            raise ScenarioError(f"translation = {data['translation']!r} must be true or false", path,
+                                top.get("machine.translation", line))
+        out["translation"] = data["translation"]
+    if "translation_cpu" in data:
+        from ..translation.cpus import CPUS
+
+        if data["translation_cpu"] not in CPUS:
+            raise ScenarioError(f"translation_cpu = {data['translation_cpu']!r} is not a CPU table; known: "
+                                f"{', '.join(CPUS)}", path, top.get("machine.translation_cpu", line))
+        out["translation_cpu"] = data["translation_cpu"]
+    limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5),
+              "translation_slice": (1, 1 << 40)}
     for key, (lo, hi) in limits.items():
         if key in data:
             value = data[key]

@@ -68,6 +68,9 @@ class Machine:
     seed: int = 1
     levels: int = 4
     mmap_base: int | None = None  # fixes every spawned process's mmap_base (then aslr_bits does not apply)
+    translation: bool = False  # model address translation of touches (TLBs, walks, caches)
+    translation_cpu: str = "zen4"  # the CPU table (ptshare.translation.cpus)
+    translation_slice: int = 4096  # accesses per scheduler time slice
 
 
 @dataclass(frozen=True)
