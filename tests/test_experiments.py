@@ -115,6 +115,22 @@ def test_database_claims(outcomes):
     assert f"free {sig(freed[-1])} GB" in o.sentences[2]
 
 
+
+def test_database_steady_state(outcomes):
+    """The steady-state view: the gain its sentence gives is the one its panel draws, beside the
+    published 3% and +25%, and shared tables never send more walk references to DRAM."""
+    o = outcomes["database"]
+    backends = o.params["steady_backends"]
+    gain = series(o, 5, "model")
+    assert gain.x == backends and o.figure.panels[5].hlines == [("McCracken 2005: 3%", 3.0), ("IBM 2006: +25%", 25.0)]
+    for n, g in zip(backends, gain.y, strict=True):
+        assert f"{g:+.1f}% with {n}" in o.sentences[3]
+        us = o.facts[f"steady_us_per_txn@{n}"]
+        assert g == pytest.approx(100 * (us["linux"] / us["shared-pt"] - 1))
+    linux_dram = series(o, 4, f"{LABELS['linux']}: DRAM").y
+    shared_dram = series(o, 4, f"{LABELS['shared-pt']}: DRAM").y
+    assert all(s <= li for s, li in zip(shared_dram, linux_dram, strict=True))
+
 def test_aslr_claims(outcomes):
     o = outcomes["aslr"]
     bits = o.params["bits"]

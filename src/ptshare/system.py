@@ -73,7 +73,7 @@ class System:
 
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
                  aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
-                 thp: str = "madvise", check: bool = False) -> None:
+                 thp: str = "madvise", check: bool = False, translation: bool | dict = False) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
@@ -90,6 +90,11 @@ class System:
         self._final: dict[str, dict] = {}  # last metrics of each process, kept after it exits
         self._tasks: dict[str, Task] = {}
         self._objects: dict[str, AddressSpace] = {}
+        self.translation = None
+        if translation is True or isinstance(translation, dict):  # {}: on, with the defaults
+            from .translation import Translation
+
+            self.translation = Translation(self.k, **(translation if isinstance(translation, dict) else {}))
 
     # --- lookup ----------------------------------------------------------------------------------
 
@@ -119,6 +124,8 @@ class System:
             raise SimulationError(f"a process named {name!r} already exists; names must be unique")
 
     def _after(self) -> None:
+        if self.translation is not None:
+            self.translation.flush(self.k.flush_mm_pending, self.k.flush_all_pending)
         self.k.tlb_finish()
         if self.check:
             from .oracle.invariants import check
@@ -315,6 +322,13 @@ class System:
                 ok.append((vma.vm_start, end))
         n_ok = acc.first_outside(ok)
         valid = acc.prefix(n_ok)
+        self.k.events.add("accesses", len(valid))
+
+        fresh = None
+        if self.translation is not None and len(valid):  # pages the fault path is about to map
+            from .mm.translate import lookup
+
+            fresh = ~lookup(self.k, mm, valid.materialize())[0]
 
         def op() -> None:
             if not len(valid):
@@ -325,6 +339,8 @@ class System:
                     handle_mm_fault_range(self.k, task, vma, sub, write)
 
         self._run(task, op)
+        if self.translation is not None and len(valid):
+            self.translation.access(task, valid, fresh)
         if self.k.read_log is not None:
             from .mm.translate import read_stamps
 
@@ -375,6 +391,8 @@ class System:
             "pt_shared_kb": _ptshare.attached_tables(k, task.mm) * TABLE_BYTES // 1024,
             "vmas": len(task.mm.vmas),
         }
+        if self.translation is not None:
+            out["translation"] = self.translation.of_process(task.name)
         self._final[task.name] = out
         return out
 

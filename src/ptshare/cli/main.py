@@ -52,7 +52,8 @@ def _run_all(scenario, policies: list[str], args) -> tuple[list, PtshareError | 
     for policy in policies:
         progress = Progress(f"{scenario.name} [{policy}]")
         try:
-            results.append(run(scenario, policy, cost=cost, check=args.check, progress=progress))
+            results.append(run(scenario, policy, cost=cost, check=args.check, progress=progress,
+                               translation=getattr(args, "translation", False)))
         except ScenarioError as exc:
             partial = getattr(exc, "partial", None)
             if partial is not None:
@@ -71,6 +72,9 @@ def cmd_run(args) -> int:
     if args.backend == "host":
         from ..host.backend import run_host
 
+        if args.translation:
+            raise UsageError("--translation is modelled on the simulator only; on this machine's kernel, "
+                             "'ptshare validate --translation' measures it")
         results, error = run_host(scenario, policies, args)
     else:
         results, error = _run_all(scenario, policies, args)
@@ -123,7 +127,7 @@ def cmd_policies(args) -> int:
 
 # Modules that add their own subcommands: each has register(subparsers) -> None.
 COMMAND_MODULES = ("ptshare.host.cli", "ptshare.snapshot.cli", "ptshare.calibrate.cli", "ptshare.bench.cli",
-                   "ptshare.experiments.cli")
+                   "ptshare.experiments.cli", "ptshare.sweep.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=FORMATS, default="table")
         p.add_argument("--profile", help="a cost profile (TOML) for est_ns; default: the shipped one")
         p.add_argument("--check", action="store_true", help="check every invariant after every operation (slow)")
+        p.add_argument("--translation", action="store_true",
+                       help="model address translation of every touch (TLBs, page walks, caches)")
         p.add_argument("-o", "--output", help="write the output to this file instead of stdout")
 
     p = sub.add_parser("run", help="run a scenario under one or more policies")

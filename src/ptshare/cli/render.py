@@ -94,9 +94,31 @@ COMPARE_ROWS = [
 ]
 
 
+TRANSLATION_ROWS = [
+    ("translation: accesses", "accesses"),
+    ("  L1 dTLB misses", "tlb_misses"),
+    ("  page walks", "walks"),
+    ("  walk references", "walk_refs"),
+    ("  walk references from DRAM", "walk_refs_llc_miss"),
+    ("  data references from DRAM", "data_llc_miss"),
+]
+
+
+def translation_total(result: RunResult) -> dict[str, int] | None:
+    """The run's translation figures summed over its steps (None when it ran without the model)."""
+    steps = [s.translation for s in result.steps if s.translation is not None]
+    if not steps:
+        return None
+    return {key: sum(t[key] for t in steps) for key in steps[0]}
+
+
 def compare_table(results: list[RunResult]) -> str:
     head = ["", *[r.policy for r in results]]
     rows = [[label, *[get(r) for r in results]] for label, get in COMPARE_ROWS]
+    totals = [translation_total(r) for r in results]
+    if all(t is not None for t in totals):
+        rows += [[label, *[t[key] for t in totals]] for label, key in TRANSLATION_ROWS]
+        rows.append(["  time of the accesses", *[format_ns(t["est_ns"]) for t in totals]])
     title = f"scenario {results[0].scenario}: policies side by side"
     return title + "\n" + table(head, rows, "l" + "r" * len(results))
 
@@ -119,6 +141,7 @@ def compare_json(results: list[RunResult]) -> dict:
                 "est_ns": round(sum(s.est_ns for s in r.steps)),
                 "est_fork_ns": round(sum(s.est_ns for s in r.steps if s.op == "fork")),
                 "wall_ns": r.wall_ns,
+                **({"translation": t} if (t := translation_total(r)) is not None else {}),
             }
             for r in results
         },
@@ -146,8 +169,11 @@ def compare_csv(results: list[RunResult]) -> str:
     data = compare_json(results)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    fields = list(next(iter(data["policies"].values())))
-    writer.writerow(["scenario", "policy", *fields])
+    first = next(iter(data["policies"].values()))
+    fields = [f for f in first if f != "translation"]
+    extra = [f"translation_{k}" for k in first.get("translation", {})]
+    writer.writerow(["scenario", "policy", *fields, *extra])
     for policy, values in data["policies"].items():
-        writer.writerow([data["scenario"], policy, *[values[f] for f in fields]])
+        writer.writerow([data["scenario"], policy, *[values[f] for f in fields],
+                         *values.get("translation", {}).values()])
     return buf.getvalue()

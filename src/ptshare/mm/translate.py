@@ -17,6 +17,7 @@ from ..arch import (
     PAGE_SHIFT,
     PTRS_PER_TABLE,
     entry_tag,
+    entry_value,
     leaf_explicit,
 )
 from .huge_memory import leaf_pfns
@@ -117,3 +118,59 @@ def _file_frames(k: Kernel, mm: MM, addrs: np.ndarray) -> np.ndarray:
 def read_stamps(k: Kernel, mm: MM, addrs: np.ndarray) -> np.ndarray:
     """What reading each address returns: the contents stamp of the frame it maps."""
     return k.frames.stamp[translate(k, mm, addrs)]
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def mix(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    """A 64-bit hash of two values (splitmix64's finaliser): identities built from parts."""
+    with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the point
+        x = np.asarray(a, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.asarray(b).astype(np.uint64)
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return x
+
+
+_SHARED_ROOT = 0x5348415245445054  # identities of shared tables live apart from any mm's
+
+
+def table_walk(k: Kernel, mm: MM, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The page-table page each level of a hardware walk of ``addrs`` reads, and the leaf level.
+
+    Returns ``(ident, leaf)``: ``ident[lvl, i]`` identifies the table of level ``lvl`` (0 = PTE)
+    that translating ``addrs[i]`` reads -- one value per physical table page, so a shared table
+    (hugetlb PMD sharing, shared PTE tables, and every table below a shared one) has one identity
+    for all its users and a private table is its mm's own -- and ``leaf[i]`` is the level of the
+    entry that maps the page (0 for a 4 KiB page, 1 for a 2 MiB hugetlb page, -1 if unmapped).
+    Identities are hashes of the path from the mm's PGD (or from the shared table) down, not
+    storage ids, which equal tables share.
+    """
+    n = len(addrs)
+    top = len(k.geom.levels) - 1
+    ident = np.zeros((top + 1, n), dtype=np.uint64)
+    leaf = np.full(n, -1, dtype=np.int8)
+    live = np.arange(n)
+    cid = np.full(n, mm.pgd, dtype=np.int64)
+    here = mix(np.full(n, mm.id, dtype=np.uint64), 0)
+    for lvl in range(top, -1, -1):
+        ident[lvl, live] = here
+        if lvl == 0:
+            leaf[live] = 0
+            break
+        idx = (addrs[live] >> k.geom.levels[lvl].shift) & (PTRS_PER_TABLE - 1)
+        e = k.stores[lvl].entries[cid, idx]
+        tag = entry_tag(e)
+        huge = tag == E_LEAF
+        leaf[live[huge]] = lvl
+        down = (tag == E_TABLE) | (tag == E_SHARED)
+        shared = tag[down] == E_SHARED
+        value = entry_value(e[down])
+        cid = np.where(shared, k.shared.content[np.where(shared, value, 0)], value)
+        here = np.where(shared, mix(np.full(len(value), _SHARED_ROOT, dtype=np.uint64), value),
+                        mix(here[down], idx[down]))
+        live = live[down]
+    return ident, leaf

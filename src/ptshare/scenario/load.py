@@ -12,7 +12,8 @@ from ..files import readable_file
 from ..mm.huge_memory import THP_MODES
 from .model import Machine, Scenario
 
-_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp"}
+_MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp", "translation", "translation_cpu",
+                 "translation_slice"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 _HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
 _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
@@ -160,7 +161,20 @@ def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
             raise ScenarioError(f"thp = {data['thp']!r} is not allowed; use one of {', '.join(THP_MODES)}", path,
                                 top.get("machine.thp", line))
         out["thp"] = data["thp"]
-    limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5)}
+    if "translation" in data:
+        if not isinstance(data["translation"], bool):
+            raise ScenarioError(f"translation = {data['translation']!r} must be true or false", path,
+                                top.get("machine.translation", line))
+        out["translation"] = data["translation"]
+    if "translation_cpu" in data:
+        from ..translation.cpus import CPUS
+
+        if data["translation_cpu"] not in CPUS:
+            raise ScenarioError(f"translation_cpu = {data['translation_cpu']!r} is not a CPU table; known: "
+                                f"{', '.join(CPUS)}", path, top.get("machine.translation_cpu", line))
+        out["translation_cpu"] = data["translation_cpu"]
+    limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5),
+              "translation_slice": (1, 1 << 40)}
     for key, (lo, hi) in limits.items():
         if key in data:
             value = data[key]

@@ -30,6 +30,7 @@ class StepResult:
     wall_ns: int
     signals: list[dict] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    translation: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -46,6 +47,8 @@ class StepResult:
         }
         if self.signals:
             out["signals"] = self.signals
+        if self.translation is not None:
+            out["translation"] = self.translation
         return out
 
 
@@ -144,8 +147,11 @@ class Runner:
 
 
 def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check: bool = False,
-        progress: Callable[[int, int], None] | None = None) -> RunResult:
+        progress: Callable[[int, int], None] | None = None, translation: bool = False) -> RunResult:
     """Run ``scenario`` under ``policy`` on the simulator.
+
+    With ``translation`` (or the scenario's ``[machine] translation``), touches are also run
+    through the translation model and every step carries its ``translation`` figures.
 
     A scenario error raised while running (a process used after it was killed, a call the
     kernel refuses) is raised as :class:`ScenarioError` with the step's file and line; what ran
@@ -154,7 +160,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     cost = cost or load_profile()
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
-                    mmap_base=m.mmap_base, thp=m.thp, check=check)
+                    mmap_base=m.mmap_base, thp=m.thp, check=check, translation=translation_options(m, translation))
     create_objects(scenario, system)
     runner = Runner(scenario, system)
     results: list[StepResult] = []
@@ -181,11 +187,22 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
                 progress(done, total)
         wall = time.perf_counter_ns() - t0
         delta = system.k.events.snapshot() - before
+        figures = system.translation.take_step().to_json() if system.translation is not None else None
         results.append(StepResult(
             index=step.index, op=step.op, pid=step.fields.get("pid"), repeat=step.repeat, line=step.line,
             processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta), wall_ns=wall,
-            signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v}))
+            signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v},
+            translation=figures))
     return _result(scenario, system, results, cost, started)
+
+
+def translation_options(machine, on: bool) -> dict | bool:
+    """What :class:`System` needs to model translation for ``machine`` (False: off)."""
+    if not (on or machine.translation):
+        return False
+    from ..translation import get_cpu
+
+    return {"cpu": get_cpu(machine.translation_cpu), "slice": machine.translation_slice}
 
 
 def create_objects(scenario: Scenario, system: System) -> None:
