@@ -28,7 +28,7 @@ from . import ptshare
 from .access import Accesses, write_stamp
 from .frames import PG_ANON, PG_EXCLUSIVE, PG_HUGE
 from .pagewalk import PMD, PUD, account_alloc
-from .pte_fault import anon_vma_prepare
+from .rmap import anon_vma_prepare
 from .vma import VM_WRITE, VMA
 
 if TYPE_CHECKING:

@@ -25,7 +25,15 @@ from ..arch import (
 )
 from ..errors import MmError
 from .access import Accesses, spans_touched
-from .mmap import MMAP_MIN_ADDR, get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
+from .mmap import (
+    MMAP_MIN_ADDR,
+    get_unmapped_area,
+    split_vma,
+    unmap_region,
+    unshare_range,
+    vma_merge,
+    vma_merge_extend,
+)
 from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
 from .translate import lookup
 from .vma import VMA
@@ -67,7 +75,7 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_ad
             return addr
         if addr + old_size == vma.vm_end and addr + new_size <= mm.task_size \
                 and not mm.vmas_between(vma.vm_end, addr + new_size):  # vma_expandable()
-            vma.vm_end = addr + new_size
+            vma_merge_extend(k, mm, vma, new_size - old_size)
             return addr
     return move_vma(k, mm, vma, addr, old_size, new_size, new_addr)
 
@@ -89,8 +97,10 @@ def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: in
         do_munmap(k, mm, new_addr, new_size)
     unshare_range(k, mm, addr, addr + old_size)
     moved = min(old_size, new_size)
+    if vma.is_anonymous and vma.anon_vma is None:
+        pgoff = new_addr >> PAGE_SHIFT  # copy_vma(): no page depends on the offset, so make it mergeable there
     new = VMA(mm=mm, vm_start=new_addr, vm_end=new_addr + new_size, vm_flags=vma.vm_flags, vm_pgoff=pgoff,
-              obj=vma.obj, anon_vma=vma.anon_vma)
+              obj=vma.obj, anon_vma=vma.anon_vma, anon_vma_chain=vma.anon_vma_chain)
     mm.insert_vma(new)
     move_page_tables(k, mm, vma, addr, new, new_addr, moved)
     if old_size > new_size:
@@ -103,11 +113,18 @@ def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: in
 
 
 def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int) -> None:
-    """Move every present entry of [old_addr, old_addr + length) to the same offset at ``new_addr``."""
+    """Move every present entry of [old_addr, old_addr + length) to the same offset at ``new_addr``.
+
+    Linux walks the range in chunks that end at a table boundary on either side, and gives the
+    destination a table for every chunk whose source has one, whether or not any entry in it is
+    present (``alloc_new_pud``, ``alloc_new_pmd``, ``pte_alloc``); :func:`_alloc_like_source` does
+    that first, then the entries are moved.
+    """
     if old.is_hugetlb:
         step = k.geom.hpage_size
         addrs = np.arange(old_addr, old_addr + length, step, dtype=np.int64)
     else:
+        _alloc_like_source(k, mm, old_addr, new_addr, length)
         addrs = np.arange(old_addr, old_addr + length, PAGE_SIZE, dtype=np.int64)
     dirty = np.zeros(len(addrs), dtype=bool)
     present, write, pfn = lookup(k, mm, addrs, wp_dirty=dirty)
@@ -119,6 +136,55 @@ def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_a
     _clear(k, mm, src)
     k.events.add("ptes_moved", len(src))
     k.flush_tlb_mm(mm)
+
+
+def _alloc_like_source(k: Kernel, mm: MM, old_addr: int, new_addr: int, length: int) -> None:
+    """The destination tables of move_page_tables(): for every source span of [old_addr, +length)
+    that has a PMD table (a present PUD entry), a PUD table over its destination; for every span
+    that has a PTE table (a present PMD entry), a PMD table and a PTE table over its destination.
+    A source PTE table moved whole (a chunk of exactly 2 MiB) is one allocated here and one freed
+    with the old range, which is what the counts see."""
+    from ..arch import entry_value
+
+    delta = new_addr - old_addr
+    end = old_addr + length
+    pud_span, pte_span = k.geom.pmd.span, k.geom.pte.span  # the spans of a PUD and of a PMD entry
+    with_pmd: list[int] = []
+    with_pte: list[np.ndarray] = []
+    for pud_cid, a, b in pud_tables(k, mm, old_addr, end, write=False):
+        lo, hi = a & ~(pud_span - 1), b
+        bases = np.arange(lo, hi, pud_span, dtype=np.int64)
+        ent = k.stores[PUD].entries[pud_cid, [k.geom.index(k.geom.pud, int(x)) for x in bases]]
+        for base in bases[entry_tag(ent) != E_NONE].tolist():
+            with_pmd.append(base)
+            pmd_cid = int(entry_value(int(k.stores[PUD].entries[pud_cid, k.geom.index(k.geom.pud, base)])))
+            spans = base + np.arange(PTRS_PER_TABLE, dtype=np.int64) * pte_span
+            keep = (entry_tag(k.stores[PMD].entries[pmd_cid]) != E_NONE) & (spans + pte_span > old_addr) \
+                & (spans < end)
+            with_pte.append(spans[keep])
+    for base in with_pmd:
+        lo, hi = max(base, old_addr) + delta, min(base + pud_span, end) + delta
+        for _ in pud_tables(k, mm, lo, hi, alloc=True):
+            pass
+    if not with_pte:
+        return
+    spans = np.concatenate(with_pte)
+    first = np.maximum(spans, old_addr) + delta
+    last = np.minimum(spans + pte_span, end) + delta - 1
+    dest = np.unique(np.concatenate([first, last]) & ~(pte_span - 1))
+    pud_shift = pud_span.bit_length() - 1
+    for key in np.unique(dest >> pud_shift).tolist():
+        here = dest[(dest >> pud_shift) == key]
+        for pud_cid, _a, _b in pud_tables(k, mm, key << pud_shift, (key + 1) << pud_shift, alloc=True):
+            pmd_cid = _pmd_for_install(k, mm, pud_cid, k.geom.index(k.geom.pud, key << pud_shift))
+            entries = k.stores[PMD].entries[pmd_cid]
+            slot = (here >> (pte_span.bit_length() - 1)) & (PTRS_PER_TABLE - 1)
+            none = slot[entry_tag(entries[slot]) == E_NONE]
+            if len(none):
+                ids = k.stores[PTE].new(np.zeros((len(none), PTRS_PER_TABLE), bool),
+                                        np.zeros((len(none), PTRS_PER_TABLE), bool), None)
+                entries[none] = mk_table(ids)
+                account_alloc(k, mm, PTE, len(none))
 
 
 def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray,
