@@ -211,3 +211,40 @@ def test_huge_pages_that_cannot_be_reserved_are_refused_and_nothing_stays_reserv
     with pytest.raises(HostError, match="could reserve only 0"):
         HostObjects([ObjectSpec("h", "hugetlb", 4 << 20)], 2)
     assert meminfo()["HugePages_Total"] == before
+
+
+GROW_TOP = SUITE / "mremap-grow-top.toml"
+
+
+def test_the_topmost_mapping_grows_in_place_on_the_host():
+    """A realloc of the first (topmost) buffer: Linux grows it in place, above mmap_base, and so
+    must the host run -- with room left above the scenario's mmap_base, and the same counts."""
+    from ptshare.host.plan import WINDOW, make_plan
+
+    scenario = load(GROW_TOP)
+    plan = make_plan(scenario)
+    (mremap,) = [op for s in plan.steps for op in s.ops if op.kind == "mremap"]
+    assert mremap.args["new_addr"] == mremap.args["addr"]  # in place
+    assert mremap.args["addr"] + (192 << 20) > plan.scenario.machine.mmap_base
+    assert mremap.args["addr"] + (192 << 20) <= WINDOW[1]
+    verdict = validate(scenario)
+    assert verdict.ok, verdict.to_json()
+    assert verdict.rows and verdict.refused is None
+
+
+def test_validate_reports_a_refused_scenario_and_runs_the_others(tmp_path, capsys):
+    good = _write(tmp_path, SMALL, "good.toml")
+    outside = _write(tmp_path, SMALL.replace('size = "4MiB"', 'size = "4MiB"\naddr = "0x7f0000000000"\nfixed = true'),
+                     "outside.toml")
+    half_gib = meminfo()["MemAvailable"] // (1 << 20) // 2 + 1
+    big = _write(tmp_path, SMALL.replace('size = "4MiB"', f'size = "{half_gib}GiB"'), "big.toml")
+    also_good = str(GROW_TOP)
+    assert main(["validate", "--summary", good, outside, big, also_good]) == 1
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and "FAIL" not in out
+    assert f"REFUSED  small  ({outside}): " in out and "outside the range the host backend maps" in out
+    assert f"REFUSED  small  ({big}): " in out and "more than half" in out
+    assert "2 of 4 scenarios agree with the kernel" in out and "2 refused by the host backend" in out
+    assert main(["validate", "--format", "json", outside, good]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["refused"] is not None for s in doc["scenarios"]] == [True, False] and not doc["ok"]

@@ -1,5 +1,6 @@
 """Planning a host run: the scenario runs first on the simulator (policy ``linux``, no address
-randomisation, ``mmap_base`` at the top of the host window), which says where every mapping goes,
+randomisation, ``mmap_base`` at the top of the host window, or lower by as much as the scenario's
+mappings grow above it), which says where every mapping goes,
 which accesses a touch makes and where a process is killed; the host then puts every mapping at
 exactly that address, so that both backends build page tables for the same addresses and their
 counts can be compared entry for entry.  The plan also gives what the safety limits need: the
@@ -25,6 +26,9 @@ from .worker import WINDOW
 
 HOST_MMAP_BASE = WINDOW[1]
 HPAGE = 2 << 20
+# mmap_base moves down in steps of a PUD table's span (512 GiB), so that every mapping keeps its
+# place inside its page tables at every level, and the counts stay those of the scenario as written
+ROOM_STEP = 512 << 30
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Plan:
     hugepages: int  # 2 MiB pages to reserve
     spawned: int  # interpreters started (spawn and exec)
     forked: int
+    highest: int = 0  # the highest end any mapping reached
 
 
 def host_scenario(scenario: Scenario) -> Scenario:
@@ -74,13 +79,39 @@ def host_scenario(scenario: Scenario) -> Scenario:
 
 
 def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
-    """Run ``scenario`` on the simulator and record what the host must do, step by step."""
+    """Run ``scenario`` on the simulator and record what the host must do, step by step.
+
+    Without a ``[machine] mmap_base`` of its own, a scenario whose mappings reach above the window
+    (the topmost one grown in place by mremap, as Linux lets it) is planned again with
+    ``mmap_base`` that much lower (:func:`room_above`), so that every growth the simulator allows
+    fits on the host too.  ``plan.scenario`` has the ``mmap_base`` the host uses."""
     cost = cost or load_profile()
-    scenario = host_scenario(scenario)
+    placed = host_scenario(scenario)
+    if scenario.machine.mmap_base is not None:
+        return _make_plan(placed, cost, grows=False)
+    plan = _make_plan(placed, cost, grows=True)
+    room = room_above(plan.highest)
+    if room:
+        plan = _make_plan(_with_base(placed, WINDOW[1] - room), cost, grows=False)
+    return plan
+
+
+def room_above(highest: int) -> int:
+    """How far below the window's top ``mmap_base`` must be for mappings that reach ``highest``."""
+    if highest <= WINDOW[1]:
+        return 0
+    return -(-(highest - WINDOW[1]) // ROOM_STEP) * ROOM_STEP
+
+
+def _with_base(scenario: Scenario, base: int) -> Scenario:
+    return dataclasses.replace(scenario, machine=dataclasses.replace(scenario.machine, mmap_base=base))
+
+
+def _make_plan(scenario: Scenario, cost: CostModel, grows: bool) -> Plan:
     m = scenario.machine
     system = System("linux", memory=m.memory, cpus=m.cpus, aslr_bits=0, seed=m.seed, mmap_base=m.mmap_base)
     create_objects(scenario, system)
-    planner = _Planner(scenario, system)
+    planner = _Planner(scenario, system, grows)
     steps: list[PlannedStep] = []
     error = None
     for step in scenario.steps:
@@ -99,15 +130,17 @@ def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
     shared_huge = sum(o.size for o in scenario.objects if o.kind == "hugetlb")
     hugepages = -(-(shared_huge + private_huge) // HPAGE) + planner.peak_anon_huge
     return Plan(scenario, steps, error, system.k.frames.peak_units * 4, hugepages if shared_huge or private_huge
-                else 0, planner.spawned, planner.forked)
+                else 0, planner.spawned, planner.forked, planner.highest)
 
 
 class _Planner:
     """Runs steps on the simulator, turning each concrete one into host operations."""
 
-    def __init__(self, scenario: Scenario, system: System) -> None:
+    def __init__(self, scenario: Scenario, system: System, grows: bool) -> None:
         self.scenario = scenario
         self.system = system
+        self.grows = grows  # mappings may reach above the window: the plan is made again lower
+        self.highest = 0
         self.runner = Runner(scenario, system)
         self.kinds = {o.name: o.kind for o in scenario.objects}
         self.spawned = 0
@@ -180,6 +213,9 @@ class _Planner:
         return ops
 
     def _check_window(self, addr: int, length: int) -> None:
+        self.highest = max(self.highest, addr + length)
+        if self.grows and WINDOW[0] <= addr:
+            return
         if not (WINDOW[0] <= addr and addr + length <= WINDOW[1]):
             raise ScenarioError(f"the mapping at {addr:#x}-{addr + length:#x} is outside the range the host backend "
                                 f"maps scenario memory in ({WINDOW[0]:#x} to {WINDOW[1]:#x}), kept clear of the "

@@ -1,8 +1,9 @@
 """``ptshare validate``: the simulator checked against the kernel it models.
 
 Each scenario runs on the host (:mod:`.backend`) and on the simulator under ``linux`` with the
-same layout (``mmap_base`` at the top of the host window, no randomisation: the same addresses,
-so the same page tables), and every process's counters are compared after every step:
+same layout (``mmap_base`` at the top of the host window, or as far below it as the scenario's
+growth needs, no randomisation: the same addresses, so the same page tables), and every process's
+counters are compared after every step:
 
 ========================  ===============================  ============================  =========
 metric                    host                             simulator                     tolerance
@@ -28,6 +29,11 @@ times.  A scenario whose counters differ, or whose host run was disturbed (``hos
 therefore run on the host again, up to ``runs`` times in all; it passes only if a run agrees
 exactly, and the report lists every run that did not.
 
+A scenario the host backend refuses (one that needs more memory than this host has to spare, a
+hugetlb reservation the kernel cannot make, a layout outside the window, a step the simulator
+itself rejects) is reported as refused, with the reason, and the others still run; a refused
+scenario does not pass.
+
 Not checked, shown: ``pagetables_kb`` (``/proc/meminfo`` PageTables counts every process on the
 machine, so it is only as quiet as the machine), and time -- the cost model's estimate for each
 fork and touch against the time measured on the host, as a ratio.
@@ -46,7 +52,8 @@ from ..errors import PtshareError, ScenarioError
 from ..scenario import Scenario, load, run
 from ..scenario.run import RunResult
 from .backend import run_on_host
-from .plan import host_scenario
+from .objects import HostError
+from .plan import make_plan
 
 SCHEMA = "ptshare.validate/1"
 METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb")
@@ -110,17 +117,19 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # what was wrong with each earlier host run
+    refused: str | None = None  # why the host backend would not run it
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.notes and all(r.ok for r in self.rows)
+        return self.refused is None and not self.errors and not self.notes and all(r.ok for r in self.rows)
 
     @property
     def host_runs(self) -> int:
         return len(self.rejected) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "file": self.path, "ok": self.ok, "errors": self.errors,
+        return {"scenario": self.scenario, "file": self.path, "ok": self.ok, "refused": self.refused,
+                "errors": self.errors,
                 "notes": self.notes, "host_runs": self.host_runs,
                 "rejected_runs": self.rejected,
                 "rows": [r.to_json() for r in self.rows],
@@ -135,7 +144,19 @@ def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST
     if runs < 1:
         raise PtshareError(f"runs must be at least 1, not {runs}")
     cost = cost or load_profile()
-    placed = host_scenario(scenario)
+    try:
+        return _validate(scenario, cost, runs)
+    except (ScenarioError, HostError) as exc:
+        return refusal(scenario, exc)
+
+
+def refusal(scenario: Scenario, exc: PtshareError) -> Verdict:
+    """The verdict on a scenario the host backend will not run: refused, with the reason."""
+    return Verdict(scenario.name, scenario.path, refused=str(exc))
+
+
+def _validate(scenario: Scenario, cost: CostModel, runs: int) -> Verdict:
+    placed = make_plan(scenario, cost).scenario  # the layout the host will use, with room to grow
     try:
         sim = run(placed, "linux", cost=cost)
         sim_error = None
@@ -145,7 +166,7 @@ def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST
     rejected: list[str] = []
     while True:
         verdict = Verdict(scenario.name, scenario.path, rejected=rejected)
-        host, host_error = run_on_host(scenario, cost)
+        host, host_error = run_on_host(placed, cost)
         if isinstance(host_error, ScenarioError):
             raise host_error  # the scenario cannot be run here at all: a mistake in it, not a disagreement
         if host_error is not None:
@@ -218,6 +239,10 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
 
     out = []
     for v in verdicts:
+        if v.refused is not None:
+            out.append(f"REFUSED  {v.scenario}  ({v.path}): {v.refused}")
+            out.append("")
+            continue
         out.append(f"{'PASS' if v.ok else 'FAIL'}  {v.scenario}  ({v.path})")
         for n, what in enumerate(v.rejected, 1):
             out.append(f"  host run {n} of {v.host_runs} differed, and was run again: {what}")
@@ -243,6 +268,9 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
     passed = sum(v.ok for v in verdicts)
     out.append(f"{passed} of {len(verdicts)} scenarios agree with the kernel (tolerance: "
                f"{', '.join(f'{m} {t}' for m, t in TOLERANCE.items())}).")
+    refused = [v.scenario for v in verdicts if v.refused is not None]
+    if refused:
+        out.append(f"{len(refused)} refused by the host backend (not run): {', '.join(refused)}.")
     rerun = [v for v in verdicts if v.rejected]
     if rerun:
         out.append(f"{len(rerun)} needed more than one host run: {', '.join(v.scenario for v in rerun)}.")
@@ -284,4 +312,5 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-__all__ = ["HOST_RUNS", "SCHEMA", "TOLERANCE", "Verdict", "load_all", "report_json", "report_text", "validate"]
+__all__ = ["HOST_RUNS", "SCHEMA", "TOLERANCE", "Verdict", "load_all", "refusal", "report_json", "report_text",
+           "validate"]
