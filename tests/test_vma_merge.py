@@ -110,3 +110,19 @@ def test_mremap_gives_the_destination_a_table_for_every_source_table_even_an_emp
     assert s.process("p")["vmpte_kb"] == upper + 2 * 4
     s.mremap("p", BASE + 64 * MiB, 4 * MiB, 4 * MiB, new_addr=BASE + 129 * MiB)  # 1 MiB off: 3 tables
     assert s.process("p")["vmpte_kb"] == upper + 3 * 4
+
+
+def test_a_fork_childs_vma_moved_next_to_one_without_anon_vma_stays_apart():
+    # The copied_from check of is_mergeable_anon_vma() (6.18 with "mm/vma: enforce VMA fork limit
+    # on unfaulted,faulted mremap merge too"): moved away and back, the offsets line up again, but
+    # the moved VMA is a fork child's.
+    s = _system()
+    s.mmap("p", 4 * MiB, addr=BASE, fixed=True)
+    s.touch("p", BASE, 4 * MiB, write=True)
+    s.fork("p", "c")
+    s.mmap("c", 4 * MiB, addr=BASE + 4 * MiB, fixed=True)
+    s.mremap("c", BASE, 4 * MiB, 4 * MiB, new_addr=BASE + 32 * MiB)
+    s.mremap("c", BASE + 32 * MiB, 4 * MiB, 4 * MiB, new_addr=BASE)
+    assert _layout(s, "c") == [(0, 4, True), (4, 8, False)]
+    s.mmap("p", 4 * MiB, addr=BASE + 4 * MiB, fixed=True)  # in the parent they merged at once
+    assert _layout(s, "p") == [(0, 8, True)]

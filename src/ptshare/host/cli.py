@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=whole_number("--runs", 1), default=3, metavar="N",
                    help="host runs allowed for a scenario whose counters differ (the kernel's fault-around is "
                    "opportunistic); a scenario passes only if one agrees exactly (default 3; 1: no reruns)")
+    p.add_argument("--own-layout", action="store_true",
+                   help="let the host kernel choose every address (mmap without a hint, mremap with MREMAP_MAYMOVE) "
+                   "and compare the layouts it makes, as /proc/PID/maps shows them, with the simulator's, as well "
+                   "as the counters")
     p.add_argument("--profile", help="a cost profile (TOML) for the predicted times; default: the shipped one")
     p.add_argument("-o", "--output", help="write the report to this file instead of stdout")
     p.set_defaults(func=cmd_validate)
@@ -42,7 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         for n, scenario in enumerate(scenarios):
             progress(n, len(scenarios))
-            verdicts.append(validate.validate(scenario, cost, runs=args.runs))
+            verdicts.append(validate.validate(scenario, cost, runs=args.runs, own_layout=args.own_layout))
     finally:
         progress.close()
     text = validate.report_json(verdicts) if args.format == "json" else validate.report_text(verdicts, args.summary)

@@ -38,6 +38,8 @@ class Op:
     kind: str
     pid: str | None
     args: dict[str, Any] = field(default_factory=dict)
+    vma: str | None = None  # the mapping it acts on, by handle
+    vma_base: int = 0  # where the simulator had that mapping when the operation was made
 
 
 @dataclass
@@ -164,8 +166,9 @@ class _Planner:
     def _concrete(self, step: Step, fields: dict[str, Any], signals: list[dict]) -> list[Op]:
         op, pid = step.op, fields.get("pid")
         handles = self.runner.handles
+        vma = fields.get("vma")
         if op in ("munmap", "mprotect", "madvise", "touch", "mremap"):
-            base, size = handles[pid][fields["vma"]]
+            base, size = handles[pid][vma]
             offset = fields.get("offset", 0)
             length = fields.get("length", size - offset)
         touch = None
@@ -190,26 +193,30 @@ class _Planner:
             obj = fields.get("object")
             return [Op(op, pid, {"addr": addr, "length": length, "prot": fields.get("prot", "rw"),
                                  "shared": fields.get("shared", False), "fixed": fields.get("fixed", False),
-                                 "object": obj, "offset": fields.get("offset", 0),
-                                 "kind": "anon" if obj is None else self.kinds[obj]})]
+                                 "object": obj, "offset": fields.get("offset", 0), "hint": fields.get("addr", 0),
+                                 "align": fields.get("align", 0),
+                                 "kind": "anon" if obj is None else self.kinds[obj]}, vma, addr)]
         if op == "mremap":
             new, new_size = handles[pid][fields["vma"]]
             self._check_window(new, new_size)
-            return [Op(op, pid, {"addr": base, "old": size, "new": new_size, "new_addr": new})]
+            return [Op(op, pid, {"addr": base, "old": size, "new": new_size, "new_addr": new,
+                                 "fixed": fields.get("addr") is not None}, vma, base)]
         if op in ("munmap", "mprotect", "madvise"):
             args = {"addr": base + offset, "length": length}
             if op == "mprotect":
                 args["prot"] = fields["prot"]
-            return [Op(op, pid, args)]
+            return [Op(op, pid, args, vma, base)]
         assert touch is not None
         acc = accesses(**touch)
         done = len(acc)
         if signal is not None:
             done = _index_of(acc, signal.addr)
             signals.append({"pid": pid, "signal": signal.signal, "addr": hex(signal.addr), "reason": signal.reason})
-        ops = [Op("touch", pid, {**touch, "write": fields.get("access", "read") == "write", "n": done})]
-        if signal is not None:
-            ops.append(Op("killed", pid, {"signal": signal.signal}))
+        write = fields.get("access", "read") == "write"
+        ops = [Op("touch", pid, {**touch, "write": write, "n": done}, vma, base)]
+        if signal is not None:  # the rest of the touch, from the access that kills it, is made in a probe
+            ops.append(Op("killed", pid, {"signal": signal.signal, "touch": {**touch, "write": write, "from": done,
+                                                                               "n": len(acc)}}, vma, base))
         return ops
 
     def _check_window(self, addr: int, length: int) -> None:

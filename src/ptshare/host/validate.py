@@ -41,6 +41,7 @@ fork and touch against the time measured on the host, as a ratio.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -50,10 +51,13 @@ from typing import Any
 from ..cost import CostModel, load_profile
 from ..errors import PtshareError, ScenarioError
 from ..scenario import Scenario, load, run
-from ..scenario.run import RunResult
+from ..scenario.run import RunResult, StepResult
+from ..system import System
 from .backend import run_on_host
+from .layout import describe, mm_layout
 from .objects import HostError
 from .plan import make_plan
+from .worker import WINDOW
 
 SCHEMA = "ptshare.validate/1"
 METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb")
@@ -73,7 +77,7 @@ class Row:
 
     @property
     def diff(self) -> Any:
-        if isinstance(self.host, bool) or isinstance(self.sim, bool) or self.host is None or self.sim is None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.host, self.sim)):
             return None
         return self.host - self.sim
 
@@ -138,14 +142,16 @@ class Verdict:
                 "timing": [t.to_json() for t in self.timing]}
 
 
-def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST_RUNS) -> Verdict:
+def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST_RUNS,
+             own_layout: bool = False) -> Verdict:
     """Run ``scenario`` on the simulator and on the host and compare them; a run on the host
-    whose counters differ is repeated, up to ``runs`` host runs in all."""
+    whose counters differ is repeated, up to ``runs`` host runs in all.  With ``own_layout`` the
+    kernel chooses every address on the host (:func:`_simulate_own_layout`)."""
     if runs < 1:
         raise PtshareError(f"runs must be at least 1, not {runs}")
     cost = cost or load_profile()
     try:
-        return _validate(scenario, cost, runs)
+        return _validate(scenario, cost, runs, own_layout)
     except (ScenarioError, HostError) as exc:
         return refusal(scenario, exc)
 
@@ -155,29 +161,83 @@ def refusal(scenario: Scenario, exc: PtshareError) -> Verdict:
     return Verdict(scenario.name, scenario.path, refused=str(exc))
 
 
-def _validate(scenario: Scenario, cost: CostModel, runs: int) -> Verdict:
+def _validate(scenario: Scenario, cost: CostModel, runs: int, own_layout: bool) -> Verdict:
     placed = make_plan(scenario, cost).scenario  # the layout the host will use, with room to grow
-    try:
-        sim = run(placed, "linux", cost=cost)
-        sim_error = None
-    except ScenarioError as exc:
-        sim = exc.partial  # type: ignore[attr-defined]
-        sim_error = exc
+    if not own_layout:
+        sim, sim_error = _simulate(placed, cost, WINDOW)
     rejected: list[str] = []
     while True:
         verdict = Verdict(scenario.name, scenario.path, rejected=rejected)
-        host, host_error = run_on_host(placed, cost)
+        host, host_error = run_on_host(placed, cost, own_layout)
         if isinstance(host_error, ScenarioError):
             raise host_error  # the scenario cannot be run here at all: a mistake in it, not a disagreement
+        if own_layout:
+            sim, sim_error = _simulate_own_layout(placed, cost, host)
         if host_error is not None:
             verdict.errors.append(f"host: {host_error}")
         if sim_error is not None and str(sim_error) != str(host_error):
             verdict.errors.append(f"simulator: {sim_error}")
         verdict.notes = list(host.notes)
         _compare(verdict, host, sim)
+        _compare_signals(verdict, host, sim)
+        _compare_layouts(verdict, host, sim)
         if verdict.ok or verdict.errors or verdict.host_runs >= runs:
             return verdict
         rejected.append(_what_differed(verdict))
+
+
+def _simulate(scenario: Scenario, cost: CostModel, region: tuple[int, int],
+              task_size: int | None = None) -> tuple[RunResult, ScenarioError | None]:
+    """The simulator's run, each live process's layout of ``region`` added to every step."""
+    def layouts(system: System, step: StepResult) -> None:
+        for task in system.k.tasks:
+            if task.alive:
+                step.processes[task.name]["layout"] = mm_layout(task.mm, *region)
+
+    try:
+        return run(scenario, "linux", cost=cost, task_size=task_size, observe=layouts), None
+    except ScenarioError as exc:
+        return exc.partial, exc  # type: ignore[attr-defined]
+
+
+def _simulate_own_layout(scenario: Scenario, cost: CostModel,
+                         host: RunResult) -> tuple[RunResult, ScenarioError | None]:
+    """The simulator's side of an own-layout comparison.  Every host worker had the kernel place
+    the scenario's mappings below its floor, the top of the free address space (see
+    :func:`.worker.reserve_above`); the simulator gets the same: ``mmap_base`` at the floor and
+    nothing mappable above it.  The addresses are then the kernel's choices and the simulator's
+    predictions of them, and must agree."""
+    floors = host.measurement["floor"]  # type: ignore[attr-defined]
+    if len(floors) != 1:
+        raise HostError(f"the host workers had different floors ({', '.join(map(hex, floors))}); an own-layout run "
+                        "needs them equal (is address randomisation still on?)")
+    floor = floors[0]
+    placed = dataclasses.replace(scenario, machine=dataclasses.replace(scenario.machine, mmap_base=floor))
+    return _simulate(placed, cost, (WINDOW[0], floor), task_size=floor)
+
+
+def _compare_layouts(verdict: Verdict, host: RunResult, sim: RunResult) -> None:
+    """Where every mapping is, where it ends and which merged: each live process's VMAs of the
+    scenario's region, from ``/proc/PID/maps`` on the host and from the simulator's mm, after
+    every step (metric ``layout``, values as ``start-end perms, ...``)."""
+    for h, s in zip(host.steps, sim.steps, strict=False):
+        for name, hp in h.processes.items():
+            sp = s.processes.get(name)
+            if sp is None or not hp["alive"] or not sp["alive"]:
+                continue
+            verdict.rows.append(Row(h.index, h.op, name, "layout", describe(hp.get("layout")),
+                                    describe(sp.get("layout"))))
+
+
+def _compare_signals(verdict: Verdict, host: RunResult, sim: RunResult) -> None:
+    """A process the simulator kills at a bad access made that access on the host, in a traced
+    copy of itself (:mod:`.probe`): the signal and the faulting address the kernel reported must
+    be the simulator's.  One row per process killed, metric ``signal``, value ``SIGNAL@ADDRESS``."""
+    for h, s in zip(host.steps, sim.steps, strict=False):
+        host_sig = {x["pid"]: f"{x['signal']}@{x['addr']}" for x in h.signals}
+        sim_sig = {x["pid"]: f"{x['signal']}@{x['addr']}" for x in s.signals}
+        for pid in dict.fromkeys([*sim_sig, *host_sig]):
+            verdict.rows.append(Row(h.index, h.op, pid, "signal", host_sig.get(pid), sim_sig.get(pid)))
 
 
 def _what_differed(v: Verdict) -> str:
