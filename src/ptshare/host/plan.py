@@ -47,7 +47,6 @@ class PlannedStep:
     step: Step
     ops: list[Op]
     est_ns: float
-    signals: list[dict]
 
 
 @dataclass
@@ -119,14 +118,14 @@ def _make_plan(scenario: Scenario, cost: CostModel, grows: bool) -> Plan:
     for step in scenario.steps:
         before = system.k.events.snapshot()
         try:
-            ops, signals = planner.step(step)
+            ops = planner.step(step)
         except (SimulationError, MemoryError) as exc:
             error = step_error(scenario, step, exc)
             break
         except ScenarioError as exc:
             error = exc.located(scenario.path, step.line)
             break
-        steps.append(PlannedStep(step, ops, cost.estimate(system.k.events.snapshot() - before), signals))
+        steps.append(PlannedStep(step, ops, cost.estimate(system.k.events.snapshot() - before)))
     private_huge = sum(op.args["length"] for s in steps for op in s.ops
                        if op.kind == "mmap" and op.args["kind"] == "hugetlb" and not op.args["shared"])
     shared_huge = sum(o.size for o in scenario.objects if o.kind == "hugetlb")
@@ -151,19 +150,18 @@ class _Planner:
         self._private_huge = any(s.op == "mmap" and self.kinds.get(s.fields.get("object")) == "hugetlb"
                                  and not s.fields.get("shared", False) for s in scenario.steps)
 
-    def step(self, step: Step) -> tuple[list[Op], list[dict]]:
+    def step(self, step: Step) -> list[Op]:
         ops: list[Op] = []
-        signals: list[dict] = []
         for fields in step.expand():
-            ops.extend(self._concrete(step, fields, signals))
+            ops.extend(self._concrete(step, fields))
             if self._private_huge:
                 frames = self.system.k.frames
                 flags = frames.flags[frames.used_pfns()]
                 anon_huge = int(np.count_nonzero((flags & (PG_HUGE | PG_ANON)) == (PG_HUGE | PG_ANON)))
                 self.peak_anon_huge = max(self.peak_anon_huge, anon_huge)
-        return ops, signals
+        return ops
 
-    def _concrete(self, step: Step, fields: dict[str, Any], signals: list[dict]) -> list[Op]:
+    def _concrete(self, step: Step, fields: dict[str, Any]) -> list[Op]:
         op, pid = step.op, fields.get("pid")
         handles = self.runner.handles
         vma = fields.get("vma")
@@ -211,7 +209,6 @@ class _Planner:
         done = len(acc)
         if signal is not None:
             done = _index_of(acc, signal.addr)
-            signals.append({"pid": pid, "signal": signal.signal, "addr": hex(signal.addr), "reason": signal.reason})
         write = fields.get("access", "read") == "write"
         ops = [Op("touch", pid, {**touch, "write": write, "n": done}, vma, base)]
         if signal is not None:  # the rest of the touch, from the access that kills it, is made in a probe

@@ -315,8 +315,8 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
         out.append(_indent(table(*_metric_table(v))))
         bad = [r for r in v.rows if not r.ok and r.metric not in ("faults", "vmpte_kb", "rss_kb")]
         for r in bad:
-            out.append(f"  step {r.step} {r.process}: {r.metric} host {r.host}, simulator {r.sim}, "
-                       f"difference {r.diff}")
+            out.append(f"  step {r.step} {r.process}: {r.metric} host {r.host}, simulator {r.sim}"
+                       + ("" if r.diff is None else f", difference {r.diff}"))
         if v.timing:
             rows = [[t.step, t.op, t.pid, format_ns(t.predicted_ns), format_ns(t.measured_ns),
                      "" if t.ratio is None else f"{t.ratio:.2f}"] for t in v.timing]
