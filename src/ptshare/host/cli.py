@@ -15,8 +15,10 @@ SUITE = Path(__file__).resolve().parents[3] / "scenarios" / "validate"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="run scenarios on this machine's kernel and on the simulator, and compare",
                        description="Runs each scenario on the host kernel and on the simulator (policy linux, "
-                       "same addresses) and compares every process's faults, VmPTE and RSS after every step. "
-                       "Exit status 0 when all agree, 1 when any differs.")
+                       "same addresses, or with --own-layout the kernel's choices) and compares every process's "
+                       "faults, VmPTE, RSS and VMA layout after every step, and the signal of every bad access. "
+                       "A scenario the host cannot run is reported as refused and the others still run. "
+                       "Exit status 0 when all agree, 1 when any differs or is refused.")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                    help=f"scenario files or directories (default: the validation suite, {SUITE})")
     p.add_argument("--format", choices=("text", "json"), default="text")
