@@ -8,7 +8,7 @@ import pytest
 
 from ptshare.cli.main import main
 from ptshare.experiments import EXPERIMENTS, ResultsDB, run_experiment
-from ptshare.experiments.base import LABELS, Outcome, Series, sig
+from ptshare.experiments.base import Outcome, Series, label, sig
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +40,18 @@ def test_every_experiment_has_a_figure_a_table_and_sentences(outcomes):
 def test_fork_vs_segment_claims(outcomes):
     o = outcomes["fork-vs-segment"]
     sizes = o.params["sizes_gib"]
-    eager = series(o, 0, LABELS["eager"]).y
+    eager = series(o, 0, label("eager")).y
     assert all(b > a for a, b in itertools.pairwise(eager)), "eager fork grows with the segment"
     slope = (eager[-1] - eager[0]) / ((sizes[-1] - sizes[0]) * (1 << 30)) * 100e6
     assert o.facts["eager_ms_per_100mb"] == pytest.approx(slope, rel=1e-6)
     assert f"{slope:.2f} ms per 100 MB" in o.sentences[0]
     assert f"{eager[-1]:.1f} ms at 256 MiB" in o.sentences[0]
     for p in ("lazy", "linux"):
-        ys = series(o, 0, LABELS[p]).y
+        ys = series(o, 0, label(p)).y
         assert max(ys) / min(ys) < 1.05, f"{p} fork is flat"
         assert max(ys) < eager[1]
-    assert f"{max(series(o, 0, LABELS['linux']).y):.3f} ms at every size" in o.sentences[2]
-    shared = series(o, 0, LABELS["shared-pt"]).y
+    assert f"{max(series(o, 0, label('linux')).y):.3f} ms at every size" in o.sentences[2]
+    shared = series(o, 0, label("shared-pt")).y
     assert all(s < e for s, e in zip(shared[1:], eager[1:], strict=True))
     assert f"{shared[-1]:.2f} ms at 256 MiB" in o.sentences[2]
     ratio = o.facts["published_ns_per_pte"] / o.facts["eager_ns_per_pte"]
@@ -61,24 +61,24 @@ def test_fork_vs_segment_claims(outcomes):
 def test_lazy_tradeoff_claims(outcomes):
     o = outcomes["lazy-tradeoff"]
     panel = o.figure.panels[0]
-    eager = series(o, 0, LABELS["eager"])
+    eager = series(o, 0, label("eager"))
     for p in ("lazy", "linux"):
         x = o.facts[f"{p}_breakeven_pct"]
         assert x is not None and f"less than {x:.1f}%" in o.sentences[0]
-        ys = series(o, 0, LABELS[p]).y
+        ys = series(o, 0, label(p)).y
         for pct, y, e in zip(eager.x, ys, eager.y, strict=True):
             assert (y <= e) if pct < x else (y > e), f"{p} at {pct}%: {y} vs eager {e}"
         assert any(v[1] == pytest.approx(x) for v in panel.vlines)
         assert ys[-1] > eager.y[-1]
         assert f"{ys[-1]:.1f} ms under" in o.sentences[1]
-    shared = series(o, 0, LABELS["shared-pt"]).y
+    shared = series(o, 0, label("shared-pt")).y
     assert max(shared) < min(eager.y)
     assert o.facts["shared-pt_faults_max"] == 0 and "0 faults" in o.sentences[2]
 
 
 def test_fork_exec_claims(outcomes):
     o = outcomes["fork-exec"]
-    child = {p: series(o, 0, LABELS[p]).y for p in o.params["policies"]}
+    child = {p: series(o, 0, label(p)).y for p in o.params["policies"]}
     for p, ys in child.items():
         assert f"{ys[-1]:.1f} ms under" in o.sentences[0]
         if p != "eager":
@@ -96,7 +96,7 @@ def test_database_claims(outcomes):
     o = outcomes["database"]
     policies = o.params["policies"]
     for p in policies:
-        peak = max(series(o, 0, LABELS[p]).y)
+        peak = max(series(o, 0, label(p)).y)
         assert f"{sig(peak)} MiB under" in o.sentences[0]
     faults = dict(zip(series(o, 1, "faults per transaction").x, series(o, 1, "faults per transaction").y,
                       strict=True))
@@ -136,9 +136,9 @@ def test_worst_cases_claims(outcomes):
     o = outcomes["worst-cases"]
     sga = dict(zip(series(o, 0, "page tables").x, series(o, 0, "page tables").y, strict=True))
     huge = dict(zip(series(o, 1, "page tables").x, series(o, 1, "page tables").y, strict=True))
-    assert f"{sig(sga[LABELS['linux']])} GiB of page tables under Linux 6.18" in o.sentences[0]
-    assert sga[LABELS["shared-pt-2005"]] < sga[LABELS["shared-pt"]] < sga[LABELS["linux"]]
-    saved = huge[LABELS["linux-no-pmd-share"]] - huge[LABELS["linux"]]
+    assert f"{sig(sga[label('linux')])} GiB of page tables under Linux 6.18" in o.sentences[0]
+    assert sga[label("shared-pt-2005")] < sga[label("shared-pt")] < sga[label("linux")]
+    saved = huge[label("linux-no-pmd-share")] - huge[label("linux")]
     assert saved > 0 and f"{sig(saved)} GiB saved" in o.sentences[2]
     assert o.notes, "a scaled-down run says the published figures are for the full size"
 

@@ -1,5 +1,8 @@
 """The oracle: random sequences of every operation, on every policy and on the reference model.
 
+The policies include those of tests/sharing_policies.py, which exercise sharing rules no shipped
+policy uses yet.
+
 Every value read must be the same under every policy and equal to the reference model's; the
 invariant checker runs after every operation (``check=True``); at the end every process exits
 and nothing may be left.  ``make test PYTEST_ARGS=--long`` runs many more sequences.
@@ -15,6 +18,7 @@ from ptshare import POLICIES, SimulationError, System
 from ptshare.mm.access import Accesses
 from ptshare.oracle.invariants import check_empty
 from ptshare.oracle.reference import Reference
+from sharing_policies import ORACLE
 
 MiB = 1 << 20
 PAGE = 4096
@@ -34,6 +38,7 @@ class Oracle(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.systems = {p: System(p, check=True, aslr_bits=8, seed=3) for p in POLICIES}
+        self.systems.update({cls.name: System(cls(), check=True, aslr_bits=8, seed=3) for cls in ORACLE})
         self.ref = Reference()
         self.procs: list[str] = []
         self.maps: dict[str, dict[str, tuple[int, int, bool]]] = {}  # proc -> handle -> (addr, size, hugetlb)

@@ -31,17 +31,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import UsageError
+from ..policies import POLICIES
 from ..scenario import RunResult, Scenario
 
 GiB = 1 << 30
 MiB = 1 << 20
 
-# How figures (LABELS) and sentences (WORDS) name the policies.
-LABELS = {"eager": "eager (<= 2.6.13)", "lazy": "lazy (2.6.14)", "linux": "Linux 6.18",
-          "shared-pt": "shared page tables (2006)", "shared-pt-2005": "shared page tables (2005)",
-          "linux-no-pmd-share": "Linux 6.18 without PMD sharing"}
-WORDS = {"eager": "eager copy", "lazy": "lazy copy", "linux": "Linux 6.18", "shared-pt": "shared page tables",
-         "shared-pt-2005": "2005 shared page tables", "linux-no-pmd-share": "Linux 6.18 without PMD sharing"}
+
+def label(policy: str) -> str:
+    """How figures name ``policy``: its ``label`` (the name itself if no policy has it)."""
+    cls = POLICIES.get(policy)
+    return cls.label if cls is not None else policy
+
+
+def words(policy: str) -> str:
+    """How report sentences name ``policy``: its ``words`` (the name itself if no policy has it)."""
+    cls = POLICIES.get(policy)
+    return cls.words if cls is not None else policy
 
 
 @dataclass(frozen=True)
@@ -218,8 +224,6 @@ def need_positive(params: dict[str, Any], *keys: str) -> None:
 
 
 def need_policies(params: dict[str, Any], *keys: str) -> None:
-    from ..policies import POLICIES
-
     for key in keys:
         for name in params[key]:
             if name not in POLICIES:

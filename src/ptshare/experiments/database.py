@@ -15,8 +15,6 @@ from ..errors import UsageError
 from ..scenario import Machine, RunResult, Scenario
 from ..scenario.model import ZIPF_S_MAX
 from .base import (
-    LABELS,
-    WORDS,
     Experiment,
     Figure,
     Outcome,
@@ -28,9 +26,11 @@ from .base import (
     crossing,
     gib_bytes,
     gib_text,
+    label,
     need_policies,
     need_positive,
     sig,
+    words,
 )
 
 IBM_FREED_GB = 14.0  # "over 14 GB" of page tables freed (x86_64, 4 KiB pages)
@@ -133,7 +133,7 @@ class Database(Experiment):
     def analyse(self, params: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> Outcome:
         policies = params["policies"]
         churn = {p: metrics[f"churn:{p}"] for p in policies}
-        names = [LABELS.get(p, p) for p in policies]
+        names = [label(p) for p in policies]
         facts: dict[str, Any] = {}
         for p, m in churn.items():
             facts[f"{p}_peak_mib"] = max(m["series_pt_kb"]) / 1024
@@ -179,9 +179,9 @@ class Database(Experiment):
     def _sentences(self, params: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         policies = params["policies"]
         n = params["groups"] * params["group_size"]
-        peaks = and_list([f"{sig(facts[f'{p}_peak_mib'])} MiB under {WORDS.get(p, p)}" for p in policies])
+        peaks = and_list([f"{sig(facts[f'{p}_peak_mib'])} MiB under {words(p)}" for p in policies])
         per = and_list([f"{sig(facts[f'{p}_faults_per_txn'])} faults and {sig(facts[f'{p}_us_per_txn'])} µs under "
-                        f"{WORDS.get(p, p)}" for p in policies])
+                        f"{words(p)}" for p in policies])
         unshare = ""
         if "shared-pt" in policies and facts["shared-pt_unshared"]:
             unshare = (f" (shared page tables spend {facts['shared-pt_exit_pct']:.0f}% of their time in exits, which "
@@ -195,7 +195,7 @@ class Database(Experiment):
             f"With {n} backends over a {gib_text(params['pool_gib'])} buffer pool, {params['group_size']} of them "
             f"replaced after every round, page tables peak at {peaks}.",
             f"Per transaction of {params['pages_per_txn']} zipf page reads, the churn's forks and exits included: "
-            f"{per}; cheapest under {WORDS.get(facts['cheapest'], facts['cheapest'])}{unshare}.",
+            f"{per}; cheapest under {words(facts['cheapest'])}{unshare}.",
             f"In an IBM-2006-like configuration ({pool} buffer pool on a {gib_text(params['ibm_memory_gib'])} "
             f"machine, every agent having read all of it), shared page tables free {sig(facts['ibm_freed_gb'])} GB "
             f"of the {sig(facts['ibm_linux_gb'])} GB of page tables with {agents[-1]} agents (IBM reported over "

@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 from ..errors import UsageError
 from ..scenario import Machine, RunResult, Scenario
 from .base import (
-    LABELS,
-    WORDS,
     Experiment,
     Figure,
     Outcome,
@@ -25,9 +23,11 @@ from .base import (
     and_list,
     gib_bytes,
     gib_text,
+    label,
     need_policies,
     need_positive,
     step_index,
+    words,
 )
 
 PARTS = ("fork", "exec", "parent's write faults")
@@ -99,7 +99,7 @@ class ForkExec(Experiment):
         facts["pt_shared"] = last.get("shared-pt", {}).get("pt_shared", 0)
         panels = [
             Panel("the child's part: fork + exec", "parent's memory (GiB, half heap, half shared segment)",
-                  "estimated time (ms)", [Series(LABELS.get(p, p), sizes, child[p]) for p in policies]),
+                  "estimated time (ms)", [Series(label(p), sizes, child[p]) for p in policies]),
             *[Panel(f"{part}, parent of {facts['size']}", "", "estimated time (ms)",
                     [Series(part, policies, [parts[p][i] for p in policies], "bar")])
               for i, part in enumerate(PARTS)],
@@ -112,7 +112,7 @@ class ForkExec(Experiment):
         return self.outcome(params, figure, Table(headers, rows), self._sentences(policies, facts), facts)
 
     def _sentences(self, policies: list[str], facts: dict[str, Any]) -> list[str]:
-        costs = and_list([f"{facts[f'{p}_child_ms']:.1f} ms under {WORDS.get(p, p)}" for p in policies])
+        costs = and_list([f"{facts[f'{p}_child_ms']:.1f} ms under {words(p)}" for p in policies])
         out = [f"A parent with a {facts['half']} private heap and a {facts['half']} shared segment forks a child "
                f"that execs at once: fork and exec cost {costs}, for page tables the child never uses."]
         lazy = [p for p in ("lazy", "linux") if p in policies]
@@ -122,11 +122,11 @@ class ForkExec(Experiment):
             if "shared-pt" in policies:
                 extra = (f"; shared page tables also attach the segment's {facts['pt_shared']:,} PTE tables and "
                          f"unshare them at exec, {facts['shared-pt_tlb_flush_all']:,} all-CPU TLB flushes")
-            out.append(f"Skipping the segment is all lazy copy saves: {WORDS[p]} still copies the heap's "
+            out.append(f"Skipping the segment is all lazy copy saves: {words(p)} still copies the heap's "
                        f"{facts[f'{p}_ptes_copied']:,} PTEs, which exec frees unused{extra}.")
         p = "linux" if "linux" in policies else policies[0]
         out.append(f"Then the parent pays {facts[f'{p}_rewrite_faults']:,} write faults "
                    f"({facts[f'{p}_rewrite_ms']:.1f} ms) to make its own heap writable again, because fork "
                    f"write-protected it for a child that never wrote: {facts[f'{p}_rewrite_pct']:.0f}% of the "
-                   f"total under {WORDS.get(p, p)}.")
+                   f"total under {words(p)}.")
         return out

@@ -12,8 +12,6 @@ from typing import Any, ClassVar
 from ..errors import UsageError
 from ..scenario import Machine, RunResult, Scenario
 from .base import (
-    LABELS,
-    WORDS,
     Experiment,
     Figure,
     Outcome,
@@ -23,8 +21,10 @@ from .base import (
     Table,
     gib_bytes,
     gib_text,
+    label,
     need_policies,
     step_index,
+    words,
 )
 
 PUBLISHED_MS_PER_100MB = 23.0  # 2.6.12, before lazy copy
@@ -80,7 +80,7 @@ class ForkVsSegment(Experiment):
     def analyse(self, params: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> Outcome:
         sizes = params["sizes_gib"]
         ms = {p: [metrics[f"{p}@{s:g}"]["fork_ns"] / 1e6 for s in sizes] for p in params["policies"]}
-        series = [Series(LABELS.get(p, p), sizes, ms[p]) for p in params["policies"]]
+        series = [Series(label(p), sizes, ms[p]) for p in params["policies"]]
         host = [(s, metrics[f"host@{s:g}"]["fork_wall_ns"] / 1e6) for s in sizes if f"host@{s:g}" in metrics]
         if host:
             series.append(Series("this machine's kernel (measured)", [h[0] for h in host], [h[1] for h in host],
@@ -146,7 +146,7 @@ class ForkVsSegment(Experiment):
         if lazy:
             low = min(facts[f"{p}_ms_min"] for p in lazy)
             high = max(facts[f"{p}_ms_max"] for p in lazy)
-            who = " and ".join(WORDS[p] for p in lazy)
+            who = " and ".join(words(p) for p in lazy)
             took = f"{low:.3f} ms" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f} to {high:.3f} ms"
             parts.append(f"{who[0].upper()}{who[1:]} skip the segment: fork takes {took} at every size up to {top} "
                          f"(the 2005 report: about {PUBLISHED_AFTER_MS:g} ms after lazy copy; the model's level is "

@@ -14,8 +14,6 @@ from typing import Any, ClassVar
 from ..errors import UsageError
 from ..scenario import Machine, RunResult, Scenario
 from .base import (
-    LABELS,
-    WORDS,
     Experiment,
     Figure,
     Outcome,
@@ -27,9 +25,11 @@ from .base import (
     crossing,
     gib_bytes,
     gib_text,
+    label,
     need_policies,
     need_positive,
     step_index,
+    words,
 )
 
 
@@ -98,10 +98,10 @@ class LazyTradeoff(Experiment):
             if p != "eager":
                 facts[f"{p}_breakeven_pct"] = crossing(pct, total[p], total["eager"])
                 if facts[f"{p}_breakeven_pct"] is not None:
-                    vlines.append((f"{WORDS.get(p, p)} = eager copy", facts[f"{p}_breakeven_pct"]))
+                    vlines.append((f"{words(p)} = eager copy", facts[f"{p}_breakeven_pct"]))
         panel = Panel(f"fork, then the child reads part of a {facts['segment']} shared segment",
                       "part of the segment the child reads (%)", "fork + the child's faults (ms, estimated)",
-                      [Series(LABELS.get(p, p), pct, total[p]) for p in policies], vlines=vlines)
+                      [Series(label(p), pct, total[p]) for p in policies], vlines=vlines)
         figure = Figure(self.name, [panel], "Estimated time of fork plus the child's page faults; vertical lines: "
                         "where a lazy policy starts to cost more than eager copy.")
         rows = [[f"{100 * f:g}%", *(total[p][i] for p in policies),
@@ -123,7 +123,7 @@ class LazyTradeoff(Experiment):
             how = {"lazy": "without fault-around (lazy copy, 2.6.14)", "linux": "with fault-around (Linux 6.18)"}
             parts = [f"{while_(p, i == 0)} {how[p]}" for i, p in enumerate(lazy)]
             out.append(f"Skipping the copy beats eager copy {', and '.join(parts)}.")
-            costs = and_list([f"{facts[f'{p}_ms_at_all']:.1f} ms under {WORDS[p]}" for p in lazy])
+            costs = and_list([f"{facts[f'{p}_ms_at_all']:.1f} ms under {words(p)}" for p in lazy])
             out.append(f"Past that, the child's faults cost more than the copy fork skipped: reading all of it "
                        f"costs {costs}, against {facts['eager_ms']:.1f} ms for eager copy's fork.")
         if "shared-pt" in policies:

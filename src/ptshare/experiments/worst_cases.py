@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from ..bench.cases import hugetlb_1t, sga
 from ..errors import UsageError
 from ..scenario import RunResult
-from .base import LABELS, WORDS, Experiment, Figure, GiB, Outcome, Panel, RunSpec, Series, Table, need_policies, sig
+from .base import Experiment, Figure, GiB, Outcome, Panel, RunSpec, Series, Table, label, need_policies, sig, words
 
 MSHARE_GB = 878.0
 HUGETLB_SAVED_GB = 39.0
@@ -67,11 +67,11 @@ class WorstCases(Experiment):
         panels = [
             Panel(f"{sig(facts['sga_gib'])} GiB SGA, {facts['sga_processes']:,} processes", "",
                   "page tables (GiB, log)",
-                  [Series("page tables", [LABELS.get(p, p) for p in sga_p], [gib(f"sga:{p}") for p in sga_p], "bar")],
+                  [Series("page tables", [label(p) for p in sga_p], [gib(f"sga:{p}") for p in sga_p], "bar")],
                   logy=True, hlines=[("mshare: about 878 GB of PTEs", MSHARE_GB)] if full else []),
             Panel(f"{sig(facts['huge_gib'])} GiB hugetlb, {facts['huge_processes']:,} processes", "",
                   "page tables (GiB, log)",
-                  [Series("page tables", [LABELS.get(p, p) for p in huge_p], [gib(f"hugetlb:{p}") for p in huge_p],
+                  [Series("page tables", [label(p) for p in huge_p], [gib(f"hugetlb:{p}") for p in huge_p],
                           "bar")], logy=True,
                   hlines=[("about 39 GB saved by PMD sharing", HUGETLB_SAVED_GB)] if full else []),
         ]
@@ -97,7 +97,7 @@ class WorstCases(Experiment):
                        f"2005 design, which shares PMD tables too, needs {sig(facts['sga_shared-pt-2005_gib'])} GiB.")
         elif sp or sp5:
             p = "shared-pt" if sp else "shared-pt-2005"
-            out.append(f"With {WORDS[p]} it needs {sig(facts[f'sga_{p}_gib'])} GiB.")
+            out.append(f"With {words(p)} it needs {sig(facts[f'sga_{p}_gib'])} GiB.")
         published = " (reported: about 39 GB)" if full else ""
         out.append(f"A {sig(facts['huge_gib'])} GiB hugetlb segment attached by {facts['huge_processes']:,} processes "
                    f"needs {sig(facts['huge_linux-no-pmd-share_gib'])} GiB of page tables without PMD sharing and "

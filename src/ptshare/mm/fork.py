@@ -34,7 +34,7 @@ from . import ptshare
 from .frames import PG_EXCLUSIVE, ZERO_PFN
 from .mm_struct import Task
 from .mmap import release_object
-from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables, span_slices
+from .pagewalk import PMD, PTE, PUD, Shared, Table, account_alloc, dir_of, span_slices, walk, walk_below
 from .rmap import anon_vma_fork
 from .unmap import free_pgtables, zap_page_range
 from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
@@ -60,7 +60,7 @@ def dup_mmap(k: Kernel, parent: Task, name: str) -> Task:
         k.events.add("vmas_copied")
         if wipe:
             continue
-        if k.policy.share_at_fork and (k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma)):
+        if k.policy.share_at_fork(vma):
             share_page_range(k, child, vma)
         elif k.policy.vma_needs_copy(vma):
             copy_page_range(k, child, vma)
@@ -77,69 +77,65 @@ def copy_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
     """Models copy_page_range(): copy the parent's entries for ``src`` into the child's tables.
 
     For a copy-on-write mapping, writable entries are write-protected in parent and child alike
-    and each anonymous page gains a mapping; shared mappings are copied as they are.
+    and each anonymous page gains a mapping; shared mappings are copied as they are.  A shared
+    table is attached, not copied (copy_hugetlb_page_range(): "If the pagetables are shared don't
+    copy or take references").
     """
+    for src_pud in walk(k, src.mm, src.vm_start, src.vm_end, PUD, how=Shared.YIELD):
+        if src_pud.sid:
+            attach_table(k, dst.mm, src_pud)
+            continue
+        dir_of(k, dst.mm, PMD, src_pud.start)  # pud_alloc(): wherever the parent has a PUD table
+        copy_pud_range(k, dst, src, src_pud)
+
+
+def copy_pud_range(k: Kernel, dst: VMA, src: VMA, src_pud: Table) -> None:
+    """Models copy_pud_range(): for each PMD table of the parent's PUD table, the child's (pmd_alloc)."""
     cow = src.is_cow_mapping
-    for pud_cid, a, b in pud_tables(k, src.mm, src.vm_start, src.vm_end, write=True):
-        for dst_pud, da, db in pud_tables(k, dst.mm, a, b, alloc=True):
-            _copy_pud(k, dst, src, pud_cid, dst_pud, da, db, cow)
-
-
-def _copy_pud(k: Kernel, dst: VMA, src: VMA, src_pud: int, dst_pud: int, start: int, end: int, cow: bool) -> None:
-    pud = k.stores[PUD]
-    pmd = k.stores[PMD]
-    addr = start
-    while addr < end:
-        nxt = k.geom.addr_end(k.geom.pud, addr, end)
-        i = k.geom.index(k.geom.pud, addr)
-        entry = int(pud.entries[src_pud, i])
-        tag = entry_tag(entry)
-        if tag == E_NONE:
-            addr = nxt
+    for src_pmd in walk_below(k, src.mm, src_pud, PMD, how=Shared.YIELD):
+        if src_pmd.sid:
+            attach_table(k, dst.mm, src_pmd)
             continue
-        if tag == E_SHARED:
-            # copy_hugetlb_page_range(): "If the pagetables are shared don't copy or take references."
-            _attach_pmd(k, dst.mm, dst_pud, i, int(entry_value(entry)))
-            addr = nxt
-            continue
-        src_pmd = pmd.cow(int(entry_value(entry)))
-        pud.entries[src_pud, i] = mk_table(src_pmd)
-        dst_pmd = _child_pmd(k, dst.mm, dst_pud, i)
+        dst_pmd = dir_of(k, dst.mm, PTE, src_pmd.start)
         if src.is_hugetlb:
-            _copy_huge_leaves(k, src, src_pmd, dst_pmd, addr, nxt, cow)
+            copy_hugetlb_page_range(k, src, src_pmd, dst_pmd, cow)
         else:
-            _copy_pte_tables(k, dst, src, src_pmd, dst_pmd, addr, nxt, cow)
-        addr = nxt
+            copy_pmd_range(k, dst, src, src_pmd, dst_pmd, cow)
 
 
-def _child_pmd(k: Kernel, mm: MM, dst_pud: int, i: int) -> int:
-    pud = k.stores[PUD]
-    entry = int(pud.entries[dst_pud, i])
-    if entry_tag(entry) == E_NONE:
-        cid = k.stores[PMD].new()
-        pud.entries[dst_pud, i] = mk_table(cid)
-        account_alloc(k, mm, PMD, 1)
-        return cid
-    cid = k.stores[PMD].cow(int(entry_value(entry)))
-    pud.entries[dst_pud, i] = mk_table(cid)
-    return cid
+def attach_table(k: Kernel, mm: MM, table: Table) -> None:
+    """``mm`` attaches the shared table ``table`` (another mm's) at the same place, unless it has
+    a table there already."""
+    up = dir_of(k, mm, table.lvl, table.start)
+    i = k.geom.index(k.geom.levels[table.lvl + 1], table.start)
+    if entry_tag(int(k.stores[table.lvl + 1].entries[up.cid, i])) != E_NONE:
+        return
+    ptshare.attach(k, mm, table.lvl, np.array([table.sid]))
+    k.stores[table.lvl + 1].entries[up.cid, i] = ptshare.mk_shared_entry(k, table.sid)
 
 
-def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, start: int, end: int,
-                     cow: bool) -> None:
-    """Models copy_pmd_range() -> copy_pte_range() for every PTE table of one PMD table."""
+def copy_pmd_range(k: Kernel, dst: VMA, src: VMA, src_pmd: Table, dst_pmd: Table, cow: bool) -> None:
+    """Models copy_pmd_range() -> copy_pte_range() for every PTE table of one PMD table.
+
+    Shared PTE tables are attached; where the policy shares PTE tables copy-on-write
+    (:meth:`Policy.cow_pte_tables`), each table the VMA covers whole is shared with the child
+    instead of copied (:func:`cow_pmd_range`); the others are copied.
+    """
+    start, end = src_pmd.start, src_pmd.end
     pmd = k.stores[PMD]
     pte = k.stores[PTE]
-    src_e = pmd.entries[src_pmd]
-    dst_e = pmd.entries[dst_pmd]
+    src_e = pmd.entries[src_pmd.cid]
+    dst_e = pmd.entries[dst_pmd.cid]
     i0, i1, span_addrs = span_slices(k, PMD, start, end)
     tags = entry_tag(src_e[i0:i1])
     shared = np.flatnonzero(tags == E_SHARED)
-    for n in shared.tolist():
-        sid = int(entry_value(src_e[i0 + n]))
-        ptshare.attach(k, dst.mm, PTE, np.array([sid]))
-        dst_e[i0 + n] = ptshare.mk_shared_entry(k, sid)
+    if len(shared):
+        sids = entry_value(src_e[i0 + shared])
+        ptshare.attach(k, dst.mm, PTE, sids)
+        dst_e[i0 + shared] = ptshare.mk_shared_entry(k, sids)
     rows = np.flatnonzero(tags == E_TABLE)
+    if len(rows) and k.policy.cow_pte_tables(src):
+        rows = cow_pmd_range(k, dst, src, src_e, dst_e, i0 + rows, span_addrs[rows]) - i0
     if len(rows) == 0:
         return
     idx = i0 + rows
@@ -207,33 +203,44 @@ def _copy_pte_tables(k: Kernel, dst: VMA, src: VMA, src_pmd: int, dst_pmd: int, 
     k.events.add("pte_tables_copied", n_new)
 
 
-def _copy_huge_leaves(k: Kernel, src: VMA, src_pmd: int, dst_pmd: int, start: int, end: int, cow: bool) -> None:
+def cow_pmd_range(k: Kernel, dst: VMA, src: VMA, src_e: np.ndarray, dst_e: np.ndarray, idx: np.ndarray,
+                  span_addrs: np.ndarray) -> np.ndarray:
+    """Share the PTE tables at entries ``idx`` of the parent's PMD table (row ``src_e``) with the
+    child copy-on-write, where the VMA covers their span whole and the child has no table there:
+    both entries point at one table, unshared by copying at the first change (the parent's entries
+    stop allowing writes through them, so its TLB is flushed).  Returns the entries left to copy."""
+    whole = (span_addrs >= src.vm_start) & (span_addrs + k.geom.pte.span <= src.vm_end)
+    whole &= entry_tag(dst_e[idx]) == E_NONE
+    if not whole.any():
+        return idx
+    at = idx[whole]
+    sids = ptshare.cow_share(k, src.mm, dst.mm, entry_value(src_e[at]))
+    src_e[at] = ptshare.mk_shared_entry(k, sids)
+    dst_e[at] = ptshare.mk_shared_entry(k, sids)
+    k.flush_tlb_mm(src.mm)
+    return idx[~whole]
+
+
+def copy_hugetlb_page_range(k: Kernel, src: VMA, src_pmd: Table, dst_pmd: Table, cow: bool) -> None:
     """Models copy_hugetlb_page_range() for one PMD table of 2 MiB leaves."""
     pmd = k.stores[PMD]
-    i0, i1, _ = span_slices(k, PMD, start, end)
-    src_e = pmd.entries[src_pmd, i0:i1]
+    i0, i1, _ = span_slices(k, PMD, src_pmd.start, src_pmd.end)
+    src_cid, dst_cid = src_pmd.cid, dst_pmd.cid
+    src_e = pmd.entries[src_cid, i0:i1]
     leaf = entry_tag(src_e) == E_LEAF
     if not leaf.any():
         return
     if cow:
         src_e = np.where(leaf, leaf_wrprotect(src_e), src_e)
-        pmd.entries[src_pmd, i0:i1] = src_e
+        pmd.entries[src_cid, i0:i1] = src_e
     explicit = leaf & leaf_explicit(src_e)
     pages = entry_value(src_e[explicit])
     k.frames.mapcount[pages] += 1
     k.frames.flags[pages] &= ~np.uint8(PG_EXCLUSIVE)
-    dst_row = pmd.entries[dst_pmd, i0:i1]
+    dst_row = pmd.entries[dst_cid, i0:i1]
     dst_row[leaf] = src_e[leaf]
-    pmd.entries[dst_pmd, i0:i1] = dst_row
+    pmd.entries[dst_cid, i0:i1] = dst_row
     k.events.add("huge_pmds_copied", int(leaf.sum()))
-
-
-def _attach_pmd(k: Kernel, mm: MM, dst_pud: int, i: int, sid: int) -> None:
-    pud = k.stores[PUD]
-    if entry_tag(int(pud.entries[dst_pud, i])) != E_NONE:
-        return
-    ptshare.attach(k, mm, PMD, np.array([sid]))
-    pud.entries[dst_pud, i] = ptshare.mk_shared_entry(k, sid)
 
 
 # --- sharing instead of copying -------------------------------------------------------------
@@ -241,40 +248,40 @@ def _attach_pmd(k: Kernel, mm: MM, dst_pud: int, i: int, sid: int) -> None:
 def share_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
     """The fork step of a policy that shares tables: the child attaches the parent's shared
     tables for every span the VMA covers whole; the rest is left to faults, as lazy fork does."""
-    for pud_cid, a, b in pud_tables(k, src.mm, src.vm_start, src.vm_end, write=False):
-        for dst_pud, da, db in pud_tables(k, dst.mm, a, b, alloc=True):
-            _share_pud(k, dst, src, pud_cid, dst_pud, da, db)
+    for src_pud in walk(k, src.mm, src.vm_start, src.vm_end, PUD, write=False, how=Shared.YIELD):
+        if src_pud.sid:
+            attach_table(k, dst.mm, src_pud)
+            continue
+        dir_of(k, dst.mm, PMD, src_pud.start)
+        share_pud_range(k, dst, src, src_pud)
 
 
-def _share_pud(k: Kernel, dst: VMA, src: VMA, src_pud: int, dst_pud: int, start: int, end: int) -> None:
-    pud = k.stores[PUD]
+def share_pud_range(k: Kernel, dst: VMA, src: VMA, src_pud: Table) -> None:
+    """:func:`share_page_range` for one of the parent's PUD tables."""
     pmd = k.stores[PMD]
-    addr = start
-    while addr < end:
-        nxt = k.geom.addr_end(k.geom.pud, addr, end)
-        i = k.geom.index(k.geom.pud, addr)
-        entry = int(pud.entries[src_pud, i])
-        tag = entry_tag(entry)
-        if tag == E_SHARED:
-            _attach_pmd(k, dst.mm, dst_pud, i, int(entry_value(entry)))
-        elif tag == E_TABLE:
-            src_e = pmd.entries[int(entry_value(entry))]
-            i0, i1, _ = span_slices(k, PMD, addr, nxt)
-            boxes = np.flatnonzero(entry_tag(src_e[i0:i1]) == E_SHARED)
-            if len(boxes):
-                sids = entry_value(src_e[i0 + boxes])
-                ptshare.attach(k, dst.mm, PTE, sids)
-                if entry_tag(int(pud.entries[dst_pud, i])) == E_NONE:
-                    # The child's PMD table here holds only what it attaches: often exactly the
-                    # parent's table, whose storage it then shares.
-                    row = np.zeros(PTRS_PER_TABLE, dtype=np.int64)
-                    row[i0 + boxes] = src_e[i0 + boxes]
-                    pud.entries[dst_pud, i] = mk_table(pmd.adopt(row))
-                    account_alloc(k, dst.mm, PMD, 1)
-                else:
-                    dst_pmd = _child_pmd(k, dst.mm, dst_pud, i)
-                    pmd.entries[dst_pmd, i0 + boxes] = ptshare.mk_shared_entry(k, sids)
-        addr = nxt
+    for src_pmd in walk_below(k, src.mm, src_pud, PMD, write=False, how=Shared.YIELD):
+        if src_pmd.sid:
+            attach_table(k, dst.mm, src_pmd)
+            continue
+        src_e = pmd.entries[src_pmd.cid]
+        i0, i1, _ = span_slices(k, PMD, src_pmd.start, src_pmd.end)
+        boxes = np.flatnonzero(entry_tag(src_e[i0:i1]) == E_SHARED)
+        if not len(boxes):
+            continue
+        sids = entry_value(src_e[i0 + boxes])
+        ptshare.attach(k, dst.mm, PTE, sids)
+        up = dir_of(k, dst.mm, PMD, src_pmd.start)
+        i = k.geom.index(k.geom.pud, src_pmd.start)
+        if entry_tag(int(k.stores[PUD].entries[up.cid, i])) == E_NONE:
+            # The child's PMD table here holds only what it attaches: often exactly the
+            # parent's table, whose storage it then shares.
+            row = np.zeros(PTRS_PER_TABLE, dtype=np.int64)
+            row[i0 + boxes] = src_e[i0 + boxes]
+            k.stores[PUD].entries[up.cid, i] = mk_table(pmd.adopt(row))
+            account_alloc(k, dst.mm, PMD, 1, up.box)
+        else:
+            dst_pmd = dir_of(k, dst.mm, PTE, src_pmd.start)
+            pmd.entries[dst_pmd.cid, i0 + boxes] = ptshare.mk_shared_entry(k, sids)
 
 
 # --- exit and exec ----------------------------------------------------------------------------
@@ -284,7 +291,7 @@ def exit_mmap(k: Kernel, mm: MM) -> None:
     k.events.add("exit")
     vmas = list(mm.vmas)
     for vma in vmas:
-        zap_page_range(k, mm, vma.vm_start, vma.vm_end)
+        zap_page_range(k, mm, vma.vm_start, vma.vm_end, fullmm=True)
     free_pgtables(k, mm, [(v.vm_start, v.vm_end) for v in vmas], 0, 0)
     for vma in vmas:
         mm.remove_vma(vma)

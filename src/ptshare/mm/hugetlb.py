@@ -16,7 +16,6 @@ import numpy as np
 from ..arch import (
     E_LEAF,
     E_NONE,
-    E_SHARED,
     entry_tag,
     entry_value,
     leaf_explicit,
@@ -27,7 +26,7 @@ from ..arch import (
 from . import ptshare
 from .access import Accesses, write_stamp
 from .frames import PG_ANON, PG_EXCLUSIVE, PG_HUGE
-from .pagewalk import PMD, PUD, account_alloc
+from .pagewalk import PMD, PUD, Table, account_alloc, entry_tables
 from .rmap import anon_vma_prepare
 from .vma import VM_WRITE, VMA
 
@@ -36,17 +35,18 @@ if TYPE_CHECKING:
     from .mm_struct import Task
 
 
-def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray, acc: Accesses,
+def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_table: Table, bases: np.ndarray, acc: Accesses,
                           write: bool) -> int:
     """The faults of a touch in the 1 GiB windows at ``bases`` of one PUD table; returns min_flt."""
     pud = k.stores[PUD]
+    pud_cid = pud_table.cid
     window = k.geom.pmd.span
     idx = (bases >> k.geom.pud.shift) & 511
     entries = pud.entries[pud_cid, idx]
     none = entry_tag(entries) == E_NONE
     attached = np.zeros(len(bases), dtype=bool)
     if none.any():
-        sids, got = ptshare.pmd_alloc(k, task.mm, vma, bases[none])
+        sids, got = ptshare.share_alloc(k, task.mm, vma, PMD, bases[none])
         rows = np.flatnonzero(none)
         shared = sids != 0
         if shared.any():
@@ -55,11 +55,9 @@ def hugetlb_fault_regions(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: 
         plain = rows[~shared]
         for r in plain.tolist():
             pud.entries[pud_cid, idx[r]] = mk_table(k.stores[PMD].new())
-        account_alloc(k, task.mm, PMD, len(plain))
+        account_alloc(k, task.mm, PMD, len(plain), pud_table.box)
         entries = pud.entries[pud_cid, idx]
-    tags = entry_tag(entries)
-    sid = np.where(tags == E_SHARED, entry_value(entries), 0)
-    cid = np.where(sid != 0, k.shared.content[sid], entry_value(entries))
+    sid, cid = entry_tables(k, entries)
     # Windows read whole whose every page is already mapped take no fault (but the one that
     # attached a partner's table): found without looking at them one by one.
     whole = np.zeros(len(bases), dtype=bool)

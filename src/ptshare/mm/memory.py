@@ -42,7 +42,8 @@ from ..arch import (
 from . import ptshare
 from .access import Accesses, spans_touched
 from .hugetlb import hugetlb_fault_regions
-from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
+from .pagewalk import PMD, PTE, PUD, Shared, Table, account_alloc, entry_tables, shared_entry, walk
+from .pgtable import COW
 from .pte_fault import PteFaults
 
 if TYPE_CHECKING:
@@ -60,10 +61,10 @@ def handle_mm_fault_range(k: Kernel, task: Task, vma: VMA, acc: Accesses, write:
         return
     pud_span_shift = k.geom.pud.span.bit_length() - 1
     for lo, hi in spans_touched(acc, pud_span_shift):
-        for pud_cid, a, b in pud_tables(k, task.mm, lo, hi, alloc=True):
-            sub = acc.within(a, b)
+        for pud in walk(k, task.mm, lo, hi, PUD, alloc=True, vma=vma):
+            sub = acc.within(pud.start, pud.end)
             if len(sub):
-                _fault_pud_table(k, task, vma, pud_cid, sub, write)
+                _fault_pud_table(k, task, vma, pud, sub, write)
 
 
 def _count_faults(k: Kernel, task: Task, n: int) -> None:
@@ -84,19 +85,19 @@ def _windows_touched(k: Kernel, acc: Accesses) -> np.ndarray:
     return (np.flatnonzero(np.bincount(keys - low)) + low) << shift
 
 
-def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
+def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Accesses, write: bool) -> None:
     if not acc.is_progression and not vma.is_hugetlb:
-        _fault_pte_explicit(k, task, vma, pud_cid, acc, write)
+        _fault_pte_explicit(k, task, vma, pud_table, acc, write)
         return
     bases = _windows_touched(k, acc)
     if acc.is_progression and not write:
-        bases = _fault_uniform_windows(k, task, vma, pud_cid, bases, acc)
+        bases = _fault_uniform_windows(k, task, vma, pud_table, bases, acc)
     if not len(bases):
         return
     if vma.is_hugetlb:
-        _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_cid, bases, acc, write))
+        _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_table, bases, acc, write))
     else:
-        _fault_pte_windows(k, task, vma, pud_cid, bases, acc, write)
+        _fault_pte_windows(k, task, vma, pud_table, bases, acc, write)
 
 
 def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
@@ -107,11 +108,11 @@ def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
     return vma.obj.fully_cached(vma.linear_page_index(lo) // per, -(-vma.linear_page_index(hi) // per))
 
 
-def _fault_uniform_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray,
+def _fault_uniform_windows(k: Kernel, task: Task, vma: VMA, pud_table: Table, bases: np.ndarray,
                            acc: Accesses) -> np.ndarray:
     """Runs of whole 1 GiB windows whose transition is the same (see the module docstring): the
     first is faulted, the others get its PMD table contents.  Returns the windows left to fault."""
-    if len(bases) < 2 or k.policy.pte_shareable(vma) or k.policy.pmd_shareable(vma):
+    if len(bases) < 2 or k.policy.shares(vma) or pud_table.box:
         return bases
     if (vma.is_hugetlb and k.policy.hugetlb_pmd_share) or acc.stride != PAGE_SIZE:
         return bases
@@ -123,6 +124,7 @@ def _fault_uniform_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases:
     if not _cached_whole(vma, int(bases[rows[0]]), int(bases[rows[-1]]) + span):
         return bases
     pud = k.stores[PUD]
+    pud_cid = pud_table.cid
     idx = (bases >> k.geom.pud.shift) & (PTRS_PER_TABLE - 1)
     entries = pud.entries[pud_cid, idx[rows]]
     rows = rows[entry_tag(entries) != E_SHARED]
@@ -134,7 +136,7 @@ def _fault_uniform_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases:
             continue
         first = int(bases[members[0]])
         tally = _Tally(k, task)
-        _fault_pud_table(k, task, vma, pud_cid, acc.within(first, first + span), False)
+        _fault_pud_table(k, task, vma, pud_table, acc.within(first, first + span), False)
         others = members[1:]
         tally.charge_again(len(others))
         result = pud.entries[pud_cid, idx[members[0]]]
@@ -182,15 +184,15 @@ class _Spans:
     hi: np.ndarray
 
 
-def _fault_pte_windows(k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray, acc: Accesses,
+def _fault_pte_windows(k: Kernel, task: Task, vma: VMA, pud_table: Table, bases: np.ndarray, acc: Accesses,
                        write: bool) -> None:
     """The faults of a sequential touch in the windows at ``bases`` of one PUD table."""
-    windows = _Windows(k, task, vma, pud_cid, bases)
+    windows = _Windows(k, task, vma, pud_table, bases)
     spans = _sequential_spans(k, bases, acc)
     _fault_ptes(k, task, vma, windows, spans, _Sequential(acc, bases, k.geom.pmd.span), write, uniform=not write)
 
 
-def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Accesses, write: bool) -> None:
+def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Accesses, write: bool) -> None:
     """Random and zipf touches: index the accesses once, by the PTE table they fall in."""
     addrs = acc.addrs
     pmd_shift = k.geom.pmd.span.bit_length() - 1
@@ -202,7 +204,7 @@ def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_cid: int, acc: Acce
     span_addr = (present + low) << span_shift
     window_keys = span_addr >> pmd_shift
     bases, region = np.unique(window_keys, return_inverse=True)
-    windows = _Windows(k, task, vma, pud_cid, bases << pmd_shift)
+    windows = _Windows(k, task, vma, pud_table, bases << pmd_shift)
     spans = _Spans(region=region, slot=(span_addr >> span_shift) & (PTRS_PER_TABLE - 1), addr=span_addr,
                    lo=np.zeros(len(span_addr), dtype=np.int64), hi=np.zeros(len(span_addr), dtype=np.int64))
     row_of_key = np.zeros(len(counts), dtype=np.int64)
@@ -238,7 +240,8 @@ class _Windows:
     but not on a shared table, whose storage reference is taken where the entry is stored.
     """
 
-    def __init__(self, k: Kernel, task: Task, vma: VMA, pud_cid: int, bases: np.ndarray) -> None:
+    def __init__(self, k: Kernel, task: Task, vma: VMA, pud_table: Table, bases: np.ndarray) -> None:
+        pud_cid = pud_table.cid
         self.k, self.task, self.vma, self.pud_cid = k, task, vma, pud_cid
         pud = k.stores[PUD]
         self.bases = bases
@@ -249,18 +252,17 @@ class _Windows:
         self.fresh = np.zeros(len(bases), dtype=bool)
         if none.any():
             rows = np.flatnonzero(none)
-            sids, attached = ptshare.pmd_alloc(k, task.mm, vma, self.bases[rows])
-            self.attached[rows] = attached
+            sids = np.zeros(len(rows), dtype=np.int64)
+            if not pud_table.box:  # inside a shared PUD table, PMD tables are not shared apart
+                sids, self.attached[rows] = ptshare.share_alloc(k, task.mm, vma, PMD, self.bases[rows])
             shared = sids != 0
             if shared.any():
                 pud.entries[pud_cid, self.idx[rows[shared]]] = ptshare.mk_shared_entry(k, sids[shared])
             self.fresh[rows[~shared]] = True
-            account_alloc(k, task.mm, PMD, int((~shared).sum()))
+            account_alloc(k, task.mm, PMD, int((~shared).sum()), pud_table.box)
             entries = pud.entries[pud_cid, self.idx]
-        tags = entry_tag(entries)
-        self.sid = np.where(tags == E_SHARED, entry_value(entries), 0)
-        own = np.where(tags == E_TABLE, entry_value(entries), 0)
-        self.cid = np.where(self.sid != 0, k.shared.content[self.sid], own)
+        self.sid, self.cid = entry_tables(k, entries)
+        self.box = np.where(self.sid != 0, self.sid, pud_table.box)  # where tables allocated in it count
         self.private = self.fresh.copy()
         self.buffer = np.zeros((int(self.fresh.sum()), PTRS_PER_TABLE), dtype=np.int64)
         self.slot_of = np.cumsum(self.fresh) - 1  # window -> its row in the buffer
@@ -299,6 +301,19 @@ class _Windows:
                 self.cid[r] = k.stores[PMD].cow(int(self.cid[r]))
                 k.stores[PUD].entries[self.pud_cid, self.idx[r]] = mk_table(self.cid[r])
             self.private[r] = True
+
+    def unshare(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
+        """Give the mm its own copies of the shared PTE tables of ``rows`` (:func:`shared_entry`),
+        as a copy-on-write table is copied before it changes; returns their contents."""
+        k = self.k
+        self.own(spans.region[rows])
+        cids = np.zeros(len(rows), dtype=np.int64)
+        for n, (region, slot, addr) in enumerate(zip(spans.region[rows].tolist(), spans.slot[rows].tolist(),
+                                                     spans.addr[rows].tolist(), strict=True)):
+            table = shared_entry(k, self.task.mm, PTE, int(self.cid[region]), slot, addr, addr + k.geom.pte.span,
+                                 Shared.UNSHARE, int(self.box[region]))
+            cids[n] = table.cid
+        return cids
 
     def set(self, spans: _Spans, rows: np.ndarray, values: np.ndarray) -> None:
         region, slot = spans.region[rows], spans.slot[rows]
@@ -366,7 +381,7 @@ def _sequential_spans(k: Kernel, bases: np.ndarray, acc: Accesses) -> _Spans:
 
 def _uniform_spans(k: Kernel, vma: VMA, spans: _Spans, old: np.ndarray, acc: Accesses) -> list[np.ndarray]:
     """Runs of whole PTE tables whose transition is the same (see the module docstring)."""
-    if len(old) < 2 or k.policy.pte_shareable(vma) or acc.stride != PAGE_SIZE:
+    if len(old) < 2 or k.policy.pte_share_key(vma) is not None or acc.stride != PAGE_SIZE:
         return []
     whole = (spans.lo == 0) & (spans.hi == PTRS_PER_TABLE)
     whole &= (spans.addr >= vma.vm_start) & (spans.addr + k.geom.pte.span <= vma.vm_end)
@@ -398,25 +413,26 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
     none = rows[tag == E_NONE]
     attached = np.zeros(0, dtype=np.int64)
     if len(none):
-        in_box = win.sid[spans.region[none]] != 0
+        in_box = win.box[spans.region[none]] != 0
         sids = np.zeros(len(none), dtype=np.int64)
         got = np.zeros(len(none), dtype=bool)
         if (~in_box).any():
-            sids[~in_box], got[~in_box] = ptshare.pte_alloc(k, task.mm, vma, 0, spans.addr[none[~in_box]])
+            sids[~in_box], got[~in_box] = ptshare.share_alloc(k, task.mm, vma, PTE, spans.addr[none[~in_box]])
         boxed = sids != 0
         if boxed.any():
             win.set(spans, none[boxed], mk_shared(sids[boxed]))
             old[none[boxed]] = win.entries(spans, none[boxed])
             attached = none[boxed & got]
-    tag = entry_tag(old[rows])
-    sid = np.where(tag == E_SHARED, entry_value(old[rows]), 0)
-    cid = np.where(sid != 0, k.shared.content[sid], np.where(tag == E_TABLE, entry_value(old[rows]), 0))
+    sid, cid = entry_tables(k, old[rows])
     # Which tables need their pages looked at: some access finds an entry that does not allow it.
     work = _misses(k, spans, rows, cid, write)
     if not accs.progression and not write:
         work &= _explicit_misses(k, spans, accs, rows, cid)
     if len(attached):
         faults += _spurious(k, win, spans, accs, attached, cid[np.searchsorted(rows, attached)])
+    cow = work & (k.shared.mode[sid] == COW) & (k.shared.users[sid] > 1)
+    if cow.any():  # a change to a copy-on-write table others use: copy it first
+        sid[cow], cid[cow] = 0, win.unshare(spans, rows[cow])
     work_rows = rows[work]
     for start in range(0, len(work_rows), CHUNK):
         chunk = work_rows[start:start + CHUNK]
@@ -514,9 +530,9 @@ def _store_tables(k: Kernel, task: Task, win: _Windows, spans: _Spans, rows: np.
     fresh = cid == 0
     if fresh.any():
         win.set(spans, rows[fresh], mk_table(create(fresh)))
-        boxes = win.sid[spans.region[rows[fresh]]]
+        boxes = win.box[spans.region[rows[fresh]]]
         for box in np.unique(boxes).tolist():
-            ptshare.account_pte_tables(k, task.mm, int(box), int((boxes == box).sum()))
+            account_alloc(k, task.mm, PTE, int((boxes == box).sum()), int(box))
     own = ~fresh & (sid == 0) & changed
     if own.any():
         new = k.stores[PTE].cow(cid[own])

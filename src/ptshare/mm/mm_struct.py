@@ -29,7 +29,7 @@ class MM:
     nr_pmds: int = 0
     nr_puds: int = 0
     nr_shared: int = 0
-    pmd_boxes: set[int] = field(default_factory=set)  # shared PMD tables this mm uses
+    boxes: set[int] = field(default_factory=set)  # shared tables above the PTE level this mm uses
     dead: bool = False
 
     def __hash__(self) -> int:

@@ -147,21 +147,20 @@ def unshare_around(k: Kernel, mm: MM, vma: VMA, addr: int) -> None:
     """Let go of shared tables whose span contains ``addr`` (a VMA boundary is about to be there)."""
     from .unshare import unshare_tables
 
-    pte_span, pmd_span = k.geom.pte.span, k.geom.pmd.span
-    if addr % pte_span:
-        base = addr & ~(pte_span - 1)
-        unshare_tables(k, mm, base, base + pte_span, pmd=False)
-    if addr % pmd_span:
-        base = addr & ~(pmd_span - 1)
-        unshare_tables(k, mm, base, base + pmd_span, pte=False)
+    for lvl in range(3):  # PTE, PMD and PUD tables
+        span = k.geom.levels[lvl].span
+        if addr % span:
+            base = addr & ~(span - 1)
+            unshare_tables(k, mm, base, base + span, levels=(lvl,))
 
 
-def unshare_range(k: Kernel, mm: MM, start: int, end: int) -> None:
-    """Models pt_unshare_range() / hugetlb_unshare_pmds(): drop every table shared with others in
-    [start, end); tables this mm alone uses stay, but are no longer offered to partners."""
+def unshare_range(k: Kernel, mm: MM, start: int, end: int, *, unmap: bool = False) -> None:
+    """Models pt_unshare_range() / hugetlb_unshare_pmds(): let go of every table shared with others
+    in [start, end) (about to be unmapped, if ``unmap``); tables this mm alone uses stay, but are no
+    longer offered to partners."""
     from .unshare import unshare_tables
 
-    unshare_tables(k, mm, start, end)
+    unshare_tables(k, mm, start, end, unmap=unmap)
 
 
 def is_mergeable_anon_vma(src: VMA, tgt: VMA, check_src: bool) -> bool:
@@ -311,7 +310,7 @@ def unmap_region(k: Kernel, mm: MM, victims: list[VMA]) -> None:
     """Models unmap_region(): zap the range, free its page tables, then forget the VMAs."""
     start, end = victims[0].vm_start, victims[-1].vm_end
     for vma in victims:
-        unshare_range(k, mm, vma.vm_start, vma.vm_end)
+        unshare_range(k, mm, vma.vm_start, vma.vm_end, unmap=True)
         zap_page_range(k, mm, vma.vm_start, vma.vm_end)
     for vma in victims:
         mm.remove_vma(vma)

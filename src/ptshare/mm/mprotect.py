@@ -26,7 +26,7 @@ from ..arch import (
 from ..errors import MmError
 from .frames import PG_ANON, PG_EXCLUSIVE
 from .mmap import split_vma, unshare_range, vma_merge
-from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
+from .pagewalk import PMD, PTE, Table, entry_tables, span_slices, walk
 from .unmap import reclaim_pte_tables, zap_page_range
 from .vma import VM_ACCESS_FLAGS, VM_ACCOUNT, VM_LOCKED, VM_SHARED, VM_WRITE, VMA
 
@@ -86,27 +86,16 @@ def change_protection(k: Kernel, mm: MM, vma: VMA) -> None:
     private writable mapping, entries mapping an anonymous page no other mapping shares.
     Everything else gains write access at the next fault.
     """
-    for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=True):
-        pud = k.stores[PUD]
-        i0, i1, bases = span_slices(k, PUD, a, b)
-        for n, i in enumerate(range(i0, i1)):
-            entry = int(pud.entries[pud_cid, i])
-            tag = entry_tag(entry)
-            if tag == E_TABLE:
-                cid = k.stores[PMD].cow(int(entry_value(entry)))
-                pud.entries[pud_cid, i] = mk_table(cid)
-            elif tag == E_SHARED:
-                cid = k.shared.cow_content(int(entry_value(entry)))
-            else:
-                continue
-            lo, hi = max(a, int(bases[n])), min(b, int(bases[n]) + k.geom.pud.entry_size)
-            _change_pmd(k, vma, cid, lo, hi)
+    for pmd in walk(k, mm, vma.vm_start, vma.vm_end, PMD):
+        change_pmd_range(k, vma, pmd)
 
 
-def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None:
+def change_pmd_range(k: Kernel, vma: VMA, pmd: Table) -> None:
+    """Models change_pmd_range() -> change_pte_range() for every PTE table (or huge leaf) under one
+    PMD table."""
     frames = k.frames
-    entries = k.stores[PMD].entries[pmd_cid]
-    i0, i1, span_addrs = span_slices(k, PMD, start, end)
+    entries = k.stores[PMD].entries[pmd.cid]
+    i0, i1, span_addrs = span_slices(k, PMD, pmd.start, pmd.end)
     e = entries[i0:i1]
     tag = entry_tag(e)
     grant_shared = vma.pte_writable()
@@ -127,8 +116,7 @@ def _change_pmd(k: Kernel, vma: VMA, pmd_cid: int, start: int, end: int) -> None
     if len(rows) == 0:
         return
     pte = k.stores[PTE]
-    sids = np.where(tag[rows] == E_SHARED, entry_value(e[rows]), 0)
-    cids = np.where(sids != 0, k.shared.content[sids], entry_value(e[rows]))
+    sids, cids = entry_tables(k, e[rows])
     present, write, pfn = pte.load(cids)
     lo = np.clip((vma.vm_start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((vma.vm_end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)

@@ -24,7 +24,6 @@ from ..arch import (
     mk_table,
 )
 from ..errors import MmError
-from .access import Accesses, spans_touched
 from .mmap import (
     MMAP_MIN_ADDR,
     get_unmapped_area,
@@ -34,7 +33,7 @@ from .mmap import (
     vma_merge,
     vma_merge_extend,
 )
-from .pagewalk import PMD, PTE, PUD, account_alloc, pud_tables
+from .pagewalk import PMD, PTE, Table, account_alloc, dir_of, walk
 from .translate import lookup
 from .vma import VMA
 
@@ -144,86 +143,56 @@ def _alloc_like_source(k: Kernel, mm: MM, old_addr: int, new_addr: int, length: 
     that has a PTE table (a present PMD entry), a PMD table and a PTE table over its destination.
     A source PTE table moved whole (a chunk of exactly 2 MiB) is one allocated here and one freed
     with the old range, which is what the counts see."""
-    from ..arch import entry_value
-
     delta = new_addr - old_addr
     end = old_addr + length
-    pud_span, pte_span = k.geom.pmd.span, k.geom.pte.span  # the spans of a PUD and of a PMD entry
-    with_pmd: list[int] = []
+    pte_span = k.geom.pte.span  # the span of a PMD entry
     with_pte: list[np.ndarray] = []
-    for pud_cid, a, b in pud_tables(k, mm, old_addr, end, write=False):
-        lo, hi = a & ~(pud_span - 1), b
-        bases = np.arange(lo, hi, pud_span, dtype=np.int64)
-        ent = k.stores[PUD].entries[pud_cid, [k.geom.index(k.geom.pud, int(x)) for x in bases]]
-        for base in bases[entry_tag(ent) != E_NONE].tolist():
-            with_pmd.append(base)
-            pmd_cid = int(entry_value(int(k.stores[PUD].entries[pud_cid, k.geom.index(k.geom.pud, base)])))
-            spans = base + np.arange(PTRS_PER_TABLE, dtype=np.int64) * pte_span
-            keep = (entry_tag(k.stores[PMD].entries[pmd_cid]) != E_NONE) & (spans + pte_span > old_addr) \
-                & (spans < end)
-            with_pte.append(spans[keep])
-    for base in with_pmd:
-        lo, hi = max(base, old_addr) + delta, min(base + pud_span, end) + delta
-        for _ in pud_tables(k, mm, lo, hi, alloc=True):
+    for pmd in list(walk(k, mm, old_addr, end, PMD, write=False)):  # get_old_pud(): alloc_new_pud()
+        for _ in walk(k, mm, pmd.start + delta, pmd.end + delta, PMD + 1, alloc=True):
             pass
+        base = pmd.start & ~(k.geom.pmd.span - 1)
+        spans = base + np.arange(PTRS_PER_TABLE, dtype=np.int64) * pte_span
+        keep = (entry_tag(k.stores[PMD].entries[pmd.cid]) != E_NONE) & (spans + pte_span > pmd.start) \
+            & (spans < pmd.end)
+        with_pte.append(spans[keep])
     if not with_pte:
         return
     spans = np.concatenate(with_pte)
     first = np.maximum(spans, old_addr) + delta
     last = np.minimum(spans + pte_span, end) + delta - 1
     dest = np.unique(np.concatenate([first, last]) & ~(pte_span - 1))
-    pud_shift = pud_span.bit_length() - 1
-    for key in np.unique(dest >> pud_shift).tolist():
-        here = dest[(dest >> pud_shift) == key]
-        for pud_cid, _a, _b in pud_tables(k, mm, key << pud_shift, (key + 1) << pud_shift, alloc=True):
-            pmd_cid = _pmd_for_install(k, mm, pud_cid, k.geom.index(k.geom.pud, key << pud_shift))
-            entries = k.stores[PMD].entries[pmd_cid]
-            slot = (here >> (pte_span.bit_length() - 1)) & (PTRS_PER_TABLE - 1)
-            none = slot[entry_tag(entries[slot]) == E_NONE]
-            if len(none):
-                ids = k.stores[PTE].new(np.zeros((len(none), PTRS_PER_TABLE), bool),
-                                        np.zeros((len(none), PTRS_PER_TABLE), bool), None)
-                entries[none] = mk_table(ids)
-                account_alloc(k, mm, PTE, len(none))
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    for key in np.unique(dest >> pmd_shift).tolist():
+        here = dest[(dest >> pmd_shift) == key]
+        pmd = dir_of(k, mm, PTE, key << pmd_shift)  # get_old_pmd(): alloc_new_pmd(), then pte_alloc()
+        entries = k.stores[PMD].entries[pmd.cid]
+        slot = (here >> (pte_span.bit_length() - 1)) & (PTRS_PER_TABLE - 1)
+        none = slot[entry_tag(entries[slot]) == E_NONE]
+        if len(none):
+            ids = k.stores[PTE].new(np.zeros((len(none), PTRS_PER_TABLE), bool),
+                                    np.zeros((len(none), PTRS_PER_TABLE), bool), None)
+            entries[none] = mk_table(ids)
+            account_alloc(k, mm, PTE, len(none), pmd.box)
 
 
 def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray,
              dirty: np.ndarray) -> None:
     from ..arch import mk_leaf
 
-    acc = Accesses.explicit(addrs)
     pmd_shift = k.geom.pmd.span.bit_length() - 1
     span_shift = k.geom.pte.span.bit_length() - 1
-    for lo, hi in spans_touched(acc, k.geom.pud.span.bit_length() - 1):
-        for pud_cid, a, b in pud_tables(k, mm, lo, hi, alloc=True):
-            sel = (addrs >= a) & (addrs < b)
-            for key in np.unique(addrs[sel] >> pmd_shift).tolist():
-                in_pmd = sel & ((addrs >> pmd_shift) == key)
-                i = k.geom.index(k.geom.pud, key << pmd_shift)
-                pmd_cid = _pmd_for_install(k, mm, pud_cid, i)
-                entries = k.stores[PMD].entries[pmd_cid]
-                slot = (addrs[in_pmd] >> span_shift) & (PTRS_PER_TABLE - 1)
-                if vma.is_hugetlb:
-                    entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
-                    continue
-                _install_ptes(k, mm, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
+    for key in np.unique(addrs >> pmd_shift).tolist():
+        in_pmd = (addrs >> pmd_shift) == key
+        pmd = dir_of(k, mm, PTE, key << pmd_shift)  # pmd_alloc()
+        entries = k.stores[PMD].entries[pmd.cid]
+        slot = (addrs[in_pmd] >> span_shift) & (PTRS_PER_TABLE - 1)
+        if vma.is_hugetlb:
+            entries[slot] = mk_leaf(write[in_pmd], pfn[in_pmd])
+            continue
+        _install_ptes(k, mm, pmd, entries, slot, addrs[in_pmd], write[in_pmd], pfn[in_pmd], dirty[in_pmd])
 
 
-def _pmd_for_install(k: Kernel, mm: MM, pud_cid: int, i: int) -> int:
-    from ..arch import entry_value
-
-    pud = k.stores[PUD]
-    entry = int(pud.entries[pud_cid, i])
-    if entry_tag(entry) == E_NONE:
-        cid = k.stores[PMD].new()
-        account_alloc(k, mm, PMD, 1)
-    else:
-        cid = k.stores[PMD].cow(int(entry_value(entry)))
-    pud.entries[pud_cid, i] = mk_table(cid)
-    return cid
-
-
-def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
+def _install_ptes(k: Kernel, mm: MM, pmd: Table, entries: np.ndarray, slot: np.ndarray, addrs: np.ndarray,
                   write: np.ndarray, pfn: np.ndarray, dirty: np.ndarray) -> None:
     from ..arch import entry_value
 
@@ -235,7 +204,7 @@ def _install_ptes(k: Kernel, mm: MM, entries: np.ndarray, slot: np.ndarray, addr
         ids = pte.new(np.zeros((int(none.sum()), PTRS_PER_TABLE), bool),
                       np.zeros((int(none.sum()), PTRS_PER_TABLE), bool), None)
         entries[spans[none]] = mk_table(ids)
-        account_alloc(k, mm, PTE, int(none.sum()))
+        account_alloc(k, mm, PTE, int(none.sum()), pmd.box)
     cids = pte.cow(entry_value(entries[spans]))
     entries[spans] = mk_table(cids)
     present, w, f = pte.load(cids)
@@ -261,25 +230,20 @@ def _clear(k: Kernel, mm: MM, addrs: np.ndarray) -> None:
     for key in np.unique(addrs >> pmd_shift).tolist():
         base = key << pmd_shift
         sel = (addrs >> pmd_shift) == key
-        for pud_cid, _a, _b in pud_tables(k, mm, base, base + 1, write=True):
-            i = k.geom.index(k.geom.pud, base)
-            entry = int(k.stores[PUD].entries[pud_cid, i])
-            cid = k.stores[PMD].cow(int(entry_value(entry)))
-            k.stores[PUD].entries[pud_cid, i] = mk_table(cid)
-            entries = k.stores[PMD].entries[cid]
-            slot = (addrs[sel] >> span_shift) & (PTRS_PER_TABLE - 1)
-            if entry_tag(entries[slot[0]]) == E_LEAF:
-                entries[slot] = 0
-                continue
-            spans, inv = np.unique(slot, return_inverse=True)
-            ids = pte.cow(entry_value(entries[spans]))
-            entries[spans] = mk_table(ids)
-            present, w, f = pte.load(ids)
-            ent = (addrs[sel] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
-            present[inv, ent] = False
-            w[inv, ent] = False
-            f[inv, ent] = 0
-            pte.store(ids, present, w, f)
+        entries = k.stores[PMD].entries[dir_of(k, mm, PTE, base, alloc=False).cid]
+        slot = (addrs[sel] >> span_shift) & (PTRS_PER_TABLE - 1)
+        if entry_tag(entries[slot[0]]) == E_LEAF:
+            entries[slot] = 0
+            continue
+        spans, inv = np.unique(slot, return_inverse=True)
+        ids = pte.cow(entry_value(entries[spans]))
+        entries[spans] = mk_table(ids)
+        present, w, f = pte.load(ids)
+        ent = (addrs[sel] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        present[inv, ent] = False
+        w[inv, ent] = False
+        f[inv, ent] = 0
+        pte.store(ids, present, w, f)
 
 
 __all__ = ["E_TABLE", "PAGE_SHIFT", "do_mremap", "move_page_tables"]

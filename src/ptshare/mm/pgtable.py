@@ -378,6 +378,9 @@ class DirStore(_Store):
         return new
 
 
+DROP, COPY, COW = 0, 1, 2  # how a user lets go of a shared table (SharedTables.mode)
+
+
 class SharedTables:
     """Tables that several mms' directory entries point at.
 
@@ -391,8 +394,12 @@ class SharedTables:
 
     ``content[id]`` is the id of the table's contents in ``stores[level[id]]``; the shared table
     holds one storage reference on it.  ``owner[id]`` is the mm that allocated it (0 once that mm
-    has let go), so that VmSHPT counts only tables an mm attached; ``children[id]`` counts the PTE
-    tables inside a shared PMD table, which every user's VmPTE includes.
+    has let go), so that VmSHPT counts only tables an mm attached; ``children[id, level]`` counts the
+    tables of each level (PTE, PMD) inside a shared table of a higher level, which every user's VmPTE
+    includes.  ``mode[id]`` is how a user lets go of it: :data:`DROP` (the user clears its entry and
+    refaults into a table of its own), :data:`COPY` (the user gets a private copy of its contents)
+    or :data:`COW` (a copy-on-write table: copied as with COPY, and before any change a user makes to
+    it, faults included, while others use it).
     """
 
     def __init__(self) -> None:
@@ -401,15 +408,16 @@ class SharedTables:
         self.level = np.zeros(64, dtype=np.int8)
         self.content = np.zeros(64, dtype=np.int64)
         self.owner = np.zeros(64, dtype=np.int64)
-        self.children = np.zeros(64, dtype=np.int64)
+        self.children = np.zeros((64, 2), dtype=np.int64)
+        self.mode = np.zeros(64, dtype=np.int8)
         self.stores: dict[int, _Store] = {}
         self._next = 1
         self._free: list[int] = []
         self.nr_live = 0
 
-    def new(self, level: int, content_ids: np.ndarray, owner: int) -> np.ndarray:
+    def new(self, level: int, content_ids: np.ndarray, owner: int, mode: int = 0) -> np.ndarray:
         """Shared tables holding ``content_ids`` (the caller's storage references move to them),
-        each with one user, ``owner``."""
+        each with one user, ``owner``, let go of as ``mode`` says."""
         n = len(content_ids)
         reuse = min(n, len(self._free))
         sids = [self._free.pop() for _ in range(reuse)]
@@ -419,7 +427,7 @@ class SharedTables:
             self._next += fresh
             if self._next > len(self.users):
                 capacity = max(self._next, 2 * len(self.users))
-                for name in ("users", "refs", "level", "content", "owner", "children"):
+                for name in ("users", "refs", "level", "content", "owner", "children", "mode"):
                     setattr(self, name, _grown(getattr(self, name), capacity))
             sids.extend(range(start, start + fresh))
         out = np.asarray(sids, dtype=np.int64)
@@ -427,6 +435,7 @@ class SharedTables:
         self.refs[out] = 0
         self.owner[out] = owner
         self.children[out] = 0
+        self.mode[out] = mode
         self.level[out] = level
         self.content[out] = content_ids
         self.nr_live += n
@@ -461,4 +470,4 @@ class SharedTables:
         return new
 
 
-__all__ = ["DirStore", "PteStore", "SharedTables"]
+__all__ = ["COPY", "COW", "DROP", "DirStore", "PteStore", "SharedTables"]

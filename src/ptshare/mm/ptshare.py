@@ -1,20 +1,15 @@
-"""Sharing page tables between mms: the mechanism behind hugetlb PMD sharing and shared PTE tables.
+"""Sharing page tables between mms: the mechanism behind every policy that shares them.
 
-Models ``huge_pmd_share()``/``huge_pmd_unshare()`` (mm/hugetlb.c) and McCracken's
-``pt_share_pte()``/``pt_unshare_range()`` (mm/ptshare.c of the 2005-2006 patches).  The policy
-says *which* VMAs may share (:meth:`Policy.pte_shareable`, :meth:`Policy.pmd_shareable`,
-``hugetlb_pmd_share``); this module does the sharing.
+Models ``huge_pmd_share()``/``huge_pmd_unshare()`` (mm/hugetlb.c), McCracken's
+``pt_share_pte()``/``pt_unshare_range()`` (mm/ptshare.c of the 2005-2006 patches) and the table
+copy of copy-on-write page tables.  The policy says *which* tables may be shared -- its share keys
+(:meth:`Policy.pte_share_key` and friends) and :meth:`Policy.cow_pte_tables` -- and this module does
+the sharing; walks meet shared tables through :func:`ptshare.mm.pagewalk.shared_entry`.
 
-A table that may be shared is allocated as a shared table (:class:`SharedTables`) from the start,
-with one user, and registered under the key its partners must match.  Finding a partner is then
-a lookup instead of a walk of ``i_mmap``, with the same outcome:
-
-* hugetlb (Ken Chen's rule): any VMA of the same file with ``VM_MAYSHARE``, the same flags
-  ignoring ``VM_LOCKED``, covering its whole 1 GiB window, that maps the same file offset at the
-  same position inside the window (virtual addresses may differ);
-* McCracken's shared PTE tables: a VMA of the same file with the same ``vm_start``, ``vm_end``,
-  ``vm_pgoff`` and READ/WRITE/EXEC/SHARED flags, whose table covers the same 2 MiB span (PMD
-  tables and 1 GiB spans for the 2005 version).
+A table that may be shared by key is allocated as a shared table (:class:`SharedTables`) from the
+start, with one user, and registered under its key.  Finding a partner is then a lookup instead
+of a walk of ``i_mmap``, with the same outcome: a table whose span has the same key
+``(identity, addr - origin)`` (see :class:`ptshare.policies.base.ShareKey`).
 """
 
 from __future__ import annotations
@@ -23,16 +18,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..arch import PAGE_SHIFT, mk_shared
+from ..arch import mk_shared
+from ..errors import InternalError
+from .frames import PG_EXCLUSIVE, ZERO_PFN
 from .pagewalk import PMD, PTE, account_alloc, account_free, account_mm
-from .vma import VM_EXEC, VM_LOCKED, VM_MAYSHARE, VM_READ, VM_SHARED, VM_WRITE
+from .pgtable import COPY, COW, DROP
 
 if TYPE_CHECKING:
+    from ..policies.base import ShareKey
     from .kernel import Kernel
     from .mm_struct import MM
     from .vma import VMA
-
-_PARTNER_FLAGS = VM_READ | VM_WRITE | VM_EXEC | VM_SHARED
 
 
 def mk_shared_entry(k: Kernel, sid: int | np.ndarray) -> int | np.ndarray:
@@ -42,6 +38,20 @@ def mk_shared_entry(k: Kernel, sid: int | np.ndarray) -> int | np.ndarray:
 
 
 # --- the registry of shareable tables ----------------------------------------------------------
+
+def _registry_slots(k: Kernel, lvl: int, key: ShareKey, bases: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """Where the spans at ``bases`` are registered: one array per (level, identity, partner, phase),
+    indexed by the span's place from the origin -- equal keys ``(identity, addr - origin)`` and
+    partners, equal slots."""
+    span = k.geom.levels[lvl].span
+    return (lvl, key.identity, key.partner, key.origin % span), (bases - key.origin) // span
+
+
+def registry_slot(k: Kernel, lvl: int, key: ShareKey, base: int) -> tuple[tuple, int]:
+    """Where the level-``lvl`` span at ``base`` with ``key`` is registered (what ``share_where`` holds)."""
+    where, slots = _registry_slots(k, lvl, key, np.array([base], dtype=np.int64))
+    return where, int(slots[0])
+
 
 def _lookup(k: Kernel, key: tuple, slots: np.ndarray) -> np.ndarray:
     table = k.share_index.get(key)
@@ -76,60 +86,46 @@ def unregister(k: Kernel, sid: int) -> None:
         k.share_index[key][slot] = 0
 
 
-# --- PMD tables (hugetlb sharing; McCracken 2005) ----------------------------------------------
+# --- sharing by key --------------------------------------------------------------------------
 
-def _pmd_key(k: Kernel, vma: VMA) -> tuple | None:
-    """The partner key of ``vma``'s PMD tables, or None if they are not to be shared."""
-    if vma.is_hugetlb:
-        if not (k.policy.hugetlb_pmd_share and vma.vm_flags & VM_MAYSHARE):
-            return None
-        phase = (vma.vm_start - (vma.vm_pgoff << PAGE_SHIFT)) % k.geom.pmd.span
-        return ("hugetlb-pmd", vma.obj.id, vma.vm_flags & ~VM_LOCKED, phase)
-    if not k.policy.pmd_shareable(vma):
-        return None
-    return ("pmd", vma.obj.id, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags & _PARTNER_FLAGS)
+def share_alloc(k: Kernel, mm: MM, vma: VMA, lvl: int, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Give ``mm`` level-``lvl`` tables for the spans at ``bases`` where the policy's key for
+    ``vma`` says they are to be shared ones.
 
-
-def _pmd_slots(k: Kernel, vma: VMA, bases: np.ndarray) -> np.ndarray:
-    """Registry slot of each 1 GiB window: the file's window for hugetlb (partners may map it at
-    another address), the window's place in the VMA for McCracken (partners have the same VMA)."""
-    size = k.geom.pmd.span
-    if vma.is_hugetlb:
-        return (((bases - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff) // (size >> PAGE_SHIFT)
-    return (bases - vma.vm_start) // size
-
-
-def pmd_alloc(k: Kernel, mm: MM, vma: VMA, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Give ``mm`` PMD tables for the 1 GiB windows at ``bases`` where they are to be shared ones.
-
-    Returns ``(sids, attached)``: the shared table of each window (0 where the window's table is to
-    be an ordinary one) and whether it is a partner's (``huge_pmd_share``) rather than new.  Only a
-    window the VMA covers whole may share.
+    Returns ``(sids, attached)``: the shared table of each span (0 where the span's table is to be
+    an ordinary one) and whether it is a partner's (``huge_pmd_share``, ``pt_share_pte``) rather
+    than new.  Only a span the VMA covers whole may share.
     """
     n = len(bases)
     sids = np.zeros(n, dtype=np.int64)
     attached = np.zeros(n, dtype=bool)
-    key = _pmd_key(k, vma)
-    size = k.geom.pmd.span
-    whole = (bases >= vma.vm_start) & (bases + size <= vma.vm_end)
-    if key is None or not whole.any():
+    key = k.policy.share_key(lvl, vma)
+    if key is None:
         return sids, attached
-    idx = np.flatnonzero(whole)
-    slots = _pmd_slots(k, vma, bases[idx])
-    found = _lookup(k, key, slots)
-    if vma.is_hugetlb or k.policy.share_at_fault:
-        hit = found != 0
-        attach(k, mm, PMD, found[hit])
-        sids[idx[hit]] = found[hit]
-        attached[idx[hit]] = True
-    todo = idx[sids[idx] == 0]
+    span = k.geom.levels[lvl].span
+    whole = np.flatnonzero((bases >= vma.vm_start) & (bases + span <= vma.vm_end))
+    if not len(whole):
+        return sids, attached
+    where, slots = _registry_slots(k, lvl, key, bases[whole])
+    found = _lookup(k, where, slots)
+    hit = found != 0
+    attach(k, mm, lvl, found[hit])
+    sids[whole[hit]] = found[hit]
+    attached[whole[hit]] = True
+    todo = whole[~hit]
     if len(todo):
-        cids = np.array([k.stores[PMD].new() for _ in range(len(todo))], dtype=np.int64)
-        new = k.shared.new(PMD, cids, mm.id)
-        account_alloc(k, mm, PMD, len(todo))
-        mm.pmd_boxes.update(new.tolist())
+        if lvl == PTE:
+            zeros = np.zeros((len(todo), 512), bool)
+            cids = k.stores[PTE].new(zeros, zeros, None)
+        else:
+            cids = np.array([k.stores[lvl].new() for _ in range(len(todo))], dtype=np.int64)
+        mode = COPY if k.policy.unshare_mode == "copy" and lvl == PTE else DROP
+        new = k.shared.new(lvl, cids, mm.id, mode)
+        account_alloc(k, mm, lvl, len(todo))
+        if lvl > PTE:
+            mm.boxes.update(new.tolist())
         sids[todo] = new
-        _register(k, key, _pmd_slots(k, vma, bases[todo]), new)
+        _register(k, where, slots[~hit], new)
     return sids, attached
 
 
@@ -140,88 +136,82 @@ def attach(k: Kernel, mm: MM, lvl: int, sids: np.ndarray) -> None:
     np.add.at(k.shared.users, sids, 1)
     account_mm(mm, lvl, len(sids))
     mm.nr_shared += len(sids)
-    if lvl == PMD:
-        mm.pmd_boxes.update(sids.tolist())
+    if lvl > PTE:
+        mm.boxes.update(sids.tolist())
     k.events.add("pt_shared", len(sids))
 
 
-# --- PTE tables (McCracken) ------------------------------------------------------------------
+# --- sharing copy-on-write at fork ---------------------------------------------------------------
 
-def pte_alloc(k: Kernel, mm: MM, vma: VMA, pmd_sid: int, span_addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shared PTE tables for the spans at ``span_addrs`` that ``vma`` may share (0 elsewhere).
-
-    Inside a shared PMD table the PTE tables are shared with it and are not tables of their own.
-    Returns ``(sids, attached)``.
-    """
-    n = len(span_addrs)
-    sids = np.zeros(n, dtype=np.int64)
-    attached = np.zeros(n, dtype=bool)
-    if pmd_sid or not k.policy.pte_shareable(vma):
-        return sids, attached
-    span = k.geom.pte.span
-    full = (span_addrs >= vma.vm_start) & (span_addrs + span <= vma.vm_end)
-    if not full.any():
-        return sids, attached
-    key = ("pte", vma.obj.id, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags & _PARTNER_FLAGS)
-    first = -(-vma.vm_start // span) * span
-    slots = (span_addrs[full] - first) // span
-    found = _lookup(k, key, slots)
-    if k.policy.share_at_fault and found.any():
-        hit = found != 0
-        attach(k, mm, PTE, found[hit])
-        idx = np.flatnonzero(full)[hit]
-        sids[idx] = found[hit]
-        attached[idx] = True
-    todo = np.flatnonzero(full)[sids[full] == 0]
-    if len(todo):
-        store = k.stores[PTE]
-        cids = store.new(np.zeros((len(todo), 512), bool), np.zeros((len(todo), 512), bool), None)
-        new = k.shared.new(PTE, cids, mm.id)
-        account_alloc(k, mm, PTE, len(todo))
-        sids[todo] = new
-        _register(k, key, (span_addrs[todo] - first) // span, new)
-    return sids, attached
-
-
-def account_pte_tables(k: Kernel, mm: MM, pmd_sid: int, n: int) -> None:
-    """``n`` new PTE tables, in ``mm``'s own PMD table or in the shared PMD table ``pmd_sid``."""
-    if not pmd_sid:
-        account_alloc(k, mm, PTE, n)
-        return
-    k.frames.alloc_pgtables(n)
-    k.events.add("pgtable_alloc", n)
-    k.shared.children[pmd_sid] += n
+def cow_share(k: Kernel, parent: MM, child: MM, cids: np.ndarray) -> np.ndarray:
+    """Fork shares the parent's PTE tables ``cids`` with the child copy-on-write instead of copying
+    them: each becomes a shared table (unshared by copying) with the parent and the child as users.
+    The parent's storage references move to the shared tables; the caller installs the entries of
+    both.  The pages mapped keep their counts: they are raised when a table is copied
+    (:func:`copy_shared`)."""
+    sids = k.shared.new(PTE, cids, parent.id, COW)
+    attach(k, child, PTE, sids)
+    return sids
 
 
 # --- letting go ------------------------------------------------------------------------------
 
 def _let_go(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
     """``mm``'s own bookkeeping when it stops using ``sid``: VmSHPT, if it attached the table rather
-    than allocated it, and its list of shared PMD tables."""
+    than allocated it, and its list of shared tables with tables inside."""
     if int(k.shared.owner[sid]) == mm.id:
         k.shared.owner[sid] = 0
     else:
         mm.nr_shared -= 1
-    if lvl == PMD:
-        mm.pmd_boxes.discard(sid)
+    if lvl > PTE:
+        mm.boxes.discard(sid)
 
 
-def release(k: Kernel, mm: MM, lvl: int, sid: int) -> bool:
-    """``mm`` stops using shared table ``sid`` (the caller clears its entry).
+def release(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
+    """``mm`` drops shared table ``sid``, which others still use (the caller clears its entry).
 
-    With other users left this is an unshare: the table stays, every CPU's TLB is flushed at the
-    end of the operation (``Kernel.tlb_finish``), and the mm refaults into a table of its own.
-    Returns False when ``mm`` was the last user: the caller then zaps and frees the table as its own.
+    The table stays, every CPU's TLB is flushed at the end of the operation (``Kernel.tlb_finish``),
+    and the mm refaults into a table of its own.
     """
-    users = int(k.shared.users[sid])
-    if users <= 1:
-        return False
-    k.shared.users[sid] = users - 1
+    k.shared.users[sid] -= 1
     account_mm(mm, lvl, -1)
     _let_go(k, mm, lvl, sid)
     k.events.add("pt_unshared")
     k.flush_all_pending = True
-    return True
+
+
+def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
+    """``mm`` stops using the shared PTE table ``sid``, which others still use, and gets a private
+    copy of it (the caller replaces its entry with the copy and drops its reference on ``sid``).
+
+    Models the table copy of a copy-on-write page table (``copy_pte_range()`` run at the first
+    change instead of at fork): the copy maps the same pages, so each anonymous page gains a
+    mapping and is no longer exclusive, and every entry mapping one (an anonymous page or a private
+    copy: only those are copy-on-write) is write-protected, in the copy and in the shared table, so
+    that the next write through either copies the page.  Returns the copy's contents id, holding
+    one storage reference.
+    """
+    if lvl != PTE:
+        raise InternalError("a shared table above the PTE level set to be unshared by copying", sid=sid, level=lvl)
+    pte = k.stores[PTE]
+    k.shared.users[sid] -= 1
+    _let_go(k, mm, lvl, sid)
+    cid = int(k.shared.content[sid])
+    present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
+    cow = write & (pfn != 0)
+    if cow.any():
+        cid = k.shared.cow_content(sid)
+        pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
+    anon = pfn[present & (pfn > ZERO_PFN)]
+    k.frames.mapcount[anon] += 1
+    k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+    pte.get(cid)  # the copy holds what the shared table holds: storage is shared until one changes
+    k.events.add("ptes_copied", int(present.sum()))
+    k.events.add("pte_tables_copied")
+    k.frames.alloc_pgtables(1)
+    k.events.add("pgtable_alloc")
+    k.flush_tlb_mm(mm)
+    return cid
 
 
 def free_last(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
@@ -229,12 +219,12 @@ def free_last(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
     k.shared.users[sid] = 0
     unregister(k, sid)
     _let_go(k, mm, lvl, sid)
-    if lvl == PMD:
-        children = int(k.shared.children[sid])
+    for inner in (PTE, PMD):
+        children = int(k.shared.children[sid, inner])
         if children:
             k.frames.free_pgtables(children)
             k.events.add("pgtable_free", children)
-            k.shared.children[sid] = 0
+            k.shared.children[sid, inner] = 0
     account_free(k, mm, lvl, 1)
 
 
@@ -249,20 +239,20 @@ def privatize(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     k.shared.users[sid] = 0
     unregister(k, sid)
     _let_go(k, mm, lvl, sid)
-    if lvl == PMD:
-        mm.nr_ptes += int(k.shared.children[sid])
-        k.shared.children[sid] = 0
+    for inner in (PTE, PMD):
+        account_mm(mm, inner, int(k.shared.children[sid, inner]))
+        k.shared.children[sid, inner] = 0
     return cid
 
 
 def attached_tables(k: Kernel, mm: MM) -> int:
-    """Tables ``mm`` uses but did not allocate (VmSHPT): those it attached, and the PTE tables inside
-    shared PMD tables it attached."""
-    inside = sum(int(k.shared.children[sid]) for sid in mm.pmd_boxes if int(k.shared.owner[sid]) != mm.id)
+    """Tables ``mm`` uses but did not allocate (VmSHPT): those it attached, and the tables inside
+    shared tables it attached."""
+    inside = sum(int(k.shared.children[sid].sum()) for sid in mm.boxes if int(k.shared.owner[sid]) != mm.id)
     return mm.nr_shared + inside
 
 
 def vmpte_tables(k: Kernel, mm: MM) -> int:
-    """Tables counted in ``mm``'s VmPTE, the PTE tables inside shared PMD tables included."""
-    inside = int(k.shared.children[list(mm.pmd_boxes)].sum()) if mm.pmd_boxes else 0
+    """Tables counted in ``mm``'s VmPTE, the tables inside shared tables included."""
+    inside = int(k.shared.children[list(mm.boxes)].sum()) if mm.boxes else 0
     return mm.nr_ptes + mm.nr_pmds + mm.nr_puds + inside

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..arch import E_SHARED, E_TABLE, PAGE_SHIFT, PTRS_PER_TABLE, entry_tag, entry_value, range_bits
+from ..arch import E_SHARED, E_TABLE, PAGE_SHIFT, PTRS_PER_TABLE, entry_tag, range_bits
 from .frames import ZERO_PFN
-from .pagewalk import PMD, PTE, PUD, pud_tables, span_slices
+from .pagewalk import PMD, PTE, entry_tables, span_slices, walk
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -47,29 +47,17 @@ def rss_pages(k: Kernel, mm: MM, memo: dict | None = None) -> tuple[int, int, in
 def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int]:
     """Present entries of ``vma`` that map their file page implicitly, and explicit non-zero pages."""
     implicit = explicit = 0
-    pud = k.stores[PUD]
-    for pud_cid, a, b in pud_tables(k, mm, vma.vm_start, vma.vm_end, write=False):
-        i0, i1, bases = span_slices(k, PUD, a, b)
-        for n, i in enumerate(range(i0, i1)):
-            entry = int(pud.entries[pud_cid, i])
-            tag = entry_tag(entry)
-            if tag == E_SHARED:
-                cid = int(k.shared.content[int(entry_value(entry))])
-            elif tag == E_TABLE:
-                cid = int(entry_value(entry))
-            else:
-                continue
-            base = int(bases[n])
-            lo, hi = max(a, base), min(b, base + k.geom.pud.entry_size)
-            whole = lo == base and hi == base + k.geom.pud.entry_size
-            if whole and cid in memo:
-                got = memo[cid]
-            else:
-                got = _count_pmd(k, cid, lo, hi)
-                if whole:
-                    memo[cid] = got
-            implicit += got[0]
-            explicit += got[1]
+    for pmd in walk(k, mm, vma.vm_start, vma.vm_end, PMD, write=False):
+        base = pmd.start & ~(k.geom.pmd.span - 1)
+        whole = pmd.start == base and pmd.end == base + k.geom.pmd.span
+        if whole and pmd.cid in memo:
+            got = memo[pmd.cid]
+        else:
+            got = _count_pmd(k, pmd.cid, pmd.start, pmd.end)
+            if whole:
+                memo[pmd.cid] = got
+        implicit += got[0]
+        explicit += got[1]
     return implicit, explicit
 
 
@@ -81,9 +69,7 @@ def _count_pmd(k: Kernel, pmd_cid: int, start: int, end: int) -> tuple[int, int]
     rows = np.flatnonzero((tag == E_TABLE) | (tag == E_SHARED))
     if len(rows) == 0:
         return 0, 0
-    values = entry_value(e[rows])
-    shared = tag[rows] == E_SHARED
-    cids = np.where(shared, k.shared.content[np.where(shared, values, 0)], values)
+    _sids, cids = entry_tables(k, e[rows])
     pte = k.stores[PTE]
     lo = np.clip((start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)

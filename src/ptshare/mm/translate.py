@@ -20,7 +20,7 @@ from ..arch import (
     entry_value,
     leaf_explicit,
 )
-from .pagewalk import PMD, PTE, PUD, pud_tables
+from .pagewalk import PMD, PTE, PUD, entry_tables, walk
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -45,9 +45,9 @@ def lookup(k: Kernel, mm: MM, addrs: np.ndarray, wp_dirty: np.ndarray | None = N
     pud_keys = sorted_addrs >> pud_shift
     for key in np.unique(pud_keys).tolist():
         lo, hi = key << pud_shift, (key + 1) << pud_shift
-        for pud_cid, _a, _b in pud_tables(k, mm, lo, hi, write=False):
+        for pud in walk(k, mm, lo, hi, PUD, write=False):
             sel = np.flatnonzero(pud_keys == key)
-            _lookup_pud(k, pud_cid, sorted_addrs[sel], order[sel], pmd_shift, span_shift,
+            _lookup_pud(k, pud.cid, sorted_addrs[sel], order[sel], pmd_shift, span_shift,
                         present, writable, pfn, wp_dirty)
     return present, writable, pfn
 
@@ -58,10 +58,8 @@ def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, p
     from ..arch import leaf_write
 
     pud_e = k.stores[PUD].entries[pud_cid, (addrs >> pmd_shift) & (PTRS_PER_TABLE - 1)]
-    pud_tag = entry_tag(pud_e)
-    pmd_cid = np.where(pud_tag == E_SHARED, k.shared.content[np.where(pud_tag == E_SHARED, entry_value(pud_e), 0)],
-                       entry_value(pud_e))
-    has_pmd = (pud_tag == E_TABLE) | (pud_tag == E_SHARED)
+    _sid, pmd_cid = entry_tables(k, pud_e)
+    has_pmd = pmd_cid != 0
     if not has_pmd.any():
         return
     a, w, c = addrs[has_pmd], where[has_pmd], pmd_cid[has_pmd]
@@ -75,9 +73,8 @@ def _lookup_pud(k: Kernel, pud_cid: int, addrs: np.ndarray, where: np.ndarray, p
     table = (tag == E_TABLE) | (tag == E_SHARED)
     if not table.any():
         return
-    a, w, e, t = a[table], w[table], pmd_e[table], tag[table]
-    sid = np.where(t == E_SHARED, entry_value(e), 0)
-    cid = np.where(t == E_SHARED, k.shared.content[sid], entry_value(e))
+    a, w = a[table], w[table]
+    _sid, cid = entry_tables(k, pmd_e[table])
     store = k.stores[PTE]
     ent = (a >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
     byte, bit = ent // 8, ent % 8

@@ -27,9 +27,10 @@ from ..arch import (
     mk_table,
     range_bits,
 )
+from ..errors import InternalError
 from . import ptshare
 from .frames import ZERO_PFN
-from .pagewalk import PMD, PTE, PUD, account_free, pud_tables, span_slices
+from .pagewalk import PMD, PTE, Shared, Table, account_free, shared_entries, shared_entry, span_slices, walk
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -38,69 +39,44 @@ if TYPE_CHECKING:
 _U64 = (1 << 64) - 1
 
 
-def zap_page_range(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """Clear every entry mapping [start, end) and drop the pages; returns the entries cleared."""
+def zap_page_range(k: Kernel, mm: MM, start: int, end: int, *, fullmm: bool = False) -> int:
+    """Clear every entry mapping [start, end) and drop the pages; returns the entries cleared.
+
+    A table shared with others is let go of instead (:class:`Shared` ``ZAP``), or, when the whole
+    mm is going (``fullmm``, exit), always dropped."""
+    how = Shared.DROP if fullmm else Shared.ZAP
     cleared = 0
-    for pud_cid, a, b in pud_tables(k, mm, start, end, write=True):
-        cleared += _zap_pud(k, mm, pud_cid, a, b)
+    for pmd in walk(k, mm, start, end, PMD, how=how):
+        cleared += zap_pmd_range(k, mm, pmd, how)
     if cleared:
         k.flush_tlb_mm(mm)
     return cleared
 
 
-def _zap_pud(k: Kernel, mm: MM, pud_cid: int, start: int, end: int) -> int:
-    pud = k.stores[PUD]
-    pmd = k.stores[PMD]
-    cleared = 0
-    addr = start
-    while addr < end:
-        nxt = k.geom.addr_end(k.geom.pud, addr, end)
-        i = k.geom.index(k.geom.pud, addr)
-        entry = int(pud.entries[pud_cid, i])
-        tag = entry_tag(entry)
-        if tag == E_TABLE:
-            cid = pmd.cow(int(entry_value(entry)))
-            pud.entries[pud_cid, i] = mk_table(cid)
-            cleared += _zap_pmd(k, mm, cid, 0, addr, nxt)
-        elif tag == E_SHARED:
-            sid = int(entry_value(entry))
-            if ptshare.release(k, mm, PMD, sid):
-                pud.entries[pud_cid, i] = 0
-                k.shared.put(sid)
-            else:
-                cleared += _zap_pmd(k, mm, k.shared.cow_content(sid), sid, addr, nxt)
-        addr = nxt
-    return cleared
-
-
-def _zap_pmd(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int) -> int:
+def zap_pmd_range(k: Kernel, mm: MM, pmd: Table, how: Shared) -> int:
     """Models zap_pmd_range()/zap_pte_range() for every PTE table (or huge leaf) under one PMD table."""
-    entries = k.stores[PMD].entries[pmd_cid]
+    start, end = pmd.start, pmd.end
+    entries = k.stores[PMD].entries[pmd.cid]
     i0, i1, span_addrs = span_slices(k, PMD, start, end)
-    e = entries[i0:i1]
-    tag = entry_tag(e)
+    tag = entry_tag(entries[i0:i1])
     cleared = 0
     leaf = np.flatnonzero(tag == E_LEAF)
     if len(leaf):
+        e = entries[i0:i1]
         explicit = leaf_explicit(e[leaf])
         _drop_anon(k, entry_value(e[leaf][explicit]))
         entries[i0 + leaf] = 0
         cleared += len(leaf)
-    tables = []
-    for n in np.flatnonzero(tag == E_SHARED).tolist():
-        sid = int(entry_value(e[n]))
-        if ptshare.release(k, mm, PTE, sid):
-            entries[i0 + n] = 0
-            k.shared.put(sid)
-        else:
-            tables.append((n, sid))
-    own = np.flatnonzero(tag == E_TABLE)
+    shared = np.flatnonzero(tag == E_SHARED)
+    tables = [(int(shared[n]), t.cid) for n, t in shared_entries(k, mm, pmd, i0 + shared, span_addrs[shared], how)
+              if t.sid]  # shared tables this mm zaps for every user: it is the last one
+    e = entries[i0:i1]
+    own = np.flatnonzero(entry_tag(e) == E_TABLE)
     if len(own) == 0 and not tables:
         return cleared
     pte = k.stores[PTE]
     rows = np.concatenate([own, np.array([n for n, _ in tables], dtype=np.int64)])
-    cids = np.concatenate([entry_value(e[own]), np.array([k.shared.cow_content(s) for _, s in tables],
-                                                          dtype=np.int64)])
+    cids = np.concatenate([entry_value(e[own]), np.array([c for _, c in tables], dtype=np.int64)])
     lo = np.clip((start - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     hi = np.clip((end - span_addrs[rows]) >> PAGE_SHIFT, 0, PTRS_PER_TABLE)
     present, write, pfn = pte.load(cids)
@@ -154,18 +130,8 @@ def reclaim_pte_tables(k: Kernel, mm: MM, start: int, end: int) -> None:
     last = end // pmd_size * pmd_size
     if first >= last:
         return
-    pud, pmd = k.stores[PUD], k.stores[PMD]
-    for pud_cid, a, b in pud_tables(k, mm, first, last, write=True):
-        addr = a
-        while addr < b:
-            nxt = k.geom.addr_end(k.geom.pud, addr, b)
-            i = k.geom.index(k.geom.pud, addr)
-            entry = int(pud.entries[pud_cid, i])
-            if entry_tag(entry) == E_TABLE:
-                cid = pmd.cow(int(entry_value(entry)))
-                pud.entries[pud_cid, i] = mk_table(cid)
-                _free_pte_tables(k, mm, cid, 0, addr, nxt)
-            addr = nxt
+    for pmd in walk(k, mm, first, last, PMD, levels=()):  # shared PMD and PUD tables stay
+        _free_pte_tables(k, mm, pmd.cid, pmd.box, pmd.start, pmd.end)
 
 
 # --- freeing page tables -----------------------------------------------------------------------
@@ -208,12 +174,13 @@ def free_pgd_range(k: Kernel, mm: MM, addr: int, end: int, floor: int, ceiling: 
     _free_dir(k, mm, top, mm.pgd, 0, addr, end, floor, ceiling)
 
 
-def _free_dir(k: Kernel, mm: MM, lvl: int, cid: int, sid: int, start: int, end: int, floor: int,
+def _free_dir(k: Kernel, mm: MM, lvl: int, cid: int, box: int, start: int, end: int, floor: int,
               ceiling: int) -> None:
-    """Free what lies below the level-``lvl`` table ``cid`` in [start, end)."""
+    """Free what lies below the level-``lvl`` table ``cid`` (inside the shared table ``box``, if
+    not 0) in [start, end)."""
     store = k.stores[lvl]
     if lvl == PMD:
-        _free_pte_tables(k, mm, cid, sid, start, end)
+        _free_pte_tables(k, mm, cid, box, start, end)
         return
     level = k.geom.levels[lvl]
     child_span = k.geom.levels[lvl - 1].span
@@ -226,18 +193,16 @@ def _free_dir(k: Kernel, mm: MM, lvl: int, cid: int, sid: int, start: int, end: 
         if tag == E_NONE:
             addr = nxt
             continue
-        child_sid = int(entry_value(entry)) if tag == E_SHARED else 0
-        if child_sid and ptshare.release(k, mm, lvl - 1, child_sid):
-            store.entries[cid, i] = 0
-            k.shared.put(child_sid)
-            addr = nxt
-            continue
-        if child_sid:
-            child = k.shared.cow_content(child_sid)
+        if tag == E_SHARED:
+            table = shared_entry(k, mm, lvl - 1, cid, i, addr, nxt, Shared.DROP, box)
+            if table is None:
+                addr = nxt
+                continue
+            child, child_sid = table.cid, table.sid
         else:
-            child = k.stores[lvl - 1].cow(int(entry_value(entry)))
+            child, child_sid = k.stores[lvl - 1].cow(int(entry_value(entry))), 0
             store.entries[cid, i] = mk_table(child)
-        _free_dir(k, mm, lvl - 1, child, child_sid, addr, nxt, floor, ceiling)
+        _free_dir(k, mm, lvl - 1, child, child_sid or box, addr, nxt, floor, ceiling)
         if _whole_span_free(child_span, addr, nxt, floor, ceiling):
             store.entries[cid, i] = 0
             if child_sid:
@@ -245,7 +210,7 @@ def _free_dir(k: Kernel, mm: MM, lvl: int, cid: int, sid: int, start: int, end: 
                 k.shared.put(child_sid)
             else:
                 k.stores[lvl - 1].put(child)
-                account_free(k, mm, lvl - 1, 1)
+                account_free(k, mm, lvl - 1, 1, box)
         addr = nxt
 
 
@@ -261,31 +226,27 @@ def _whole_span_free(span: int, start: int, end: int, floor: int, ceiling: int) 
     return ((end - 1) & _U64) <= ((ceiling - 1) & _U64)
 
 
-def _free_pte_tables(k: Kernel, mm: MM, pmd_cid: int, pmd_sid: int, start: int, end: int) -> None:
-    """Models free_pte_range() for each PMD entry in [start, end)."""
+def _free_pte_tables(k: Kernel, mm: MM, pmd_cid: int, box: int, start: int, end: int) -> None:
+    """Models free_pte_range() for each PMD entry in [start, end) of the PMD table ``pmd_cid``
+    (inside the shared table ``box``, if not 0)."""
     entries = k.stores[PMD].entries[pmd_cid]
-    i0, i1, _addrs = span_slices(k, PMD, start, end)
+    i0, i1, addrs = span_slices(k, PMD, start, end)
     e = entries[i0:i1]
     tag = entry_tag(e)
     own = np.flatnonzero(tag == E_TABLE)
     if len(own):
         k.stores[PTE].put(entry_value(e[own]))
         entries[i0 + own] = 0
-        if pmd_sid:
-            k.shared.children[pmd_sid] -= len(own)
-            k.frames.free_pgtables(len(own))
-            k.events.add("pgtable_free", len(own))
-        else:
-            account_free(k, mm, PTE, len(own))
+        account_free(k, mm, PTE, len(own), box)
     for n in np.flatnonzero(tag == E_SHARED).tolist():
-        sid = int(entry_value(e[n]))
-        if not ptshare.release(k, mm, PTE, sid):
-            ptshare.free_last(k, mm, PTE, sid)
-        entries[i0 + n] = 0
-        k.shared.put(sid)
+        a = int(addrs[n])
+        table = shared_entry(k, mm, PTE, pmd_cid, i0 + n, max(start, a), min(end, a + k.geom.pte.span), Shared.DROP,
+                             box, write=False)
+        if table is not None:  # the last user
+            ptshare.free_last(k, mm, PTE, table.sid)
+            entries[i0 + n] = 0
+            k.shared.put(table.sid)
     leaves = np.flatnonzero(tag == E_LEAF)
     if len(leaves):
-        from ..errors import InternalError
-
         raise InternalError("free_pgtables found a huge page still mapped", mm=mm.id,
                             addr=hex(start), entries=e[leaves][:4].tolist())

@@ -14,6 +14,10 @@ Checked:
 * each page-cache frame belongs to exactly one object;
 * each shared table's ``users`` equals the mms whose tables point at it, and its storage refs the
   directory contents that hold it;
+* a table shared by key sits only where a VMA covers its whole span, and every user's span has the
+  same key by the policy's own hook (:meth:`Policy.share_key`), the key it is registered under; a
+  table shared copy-on-write sits only in copy-on-write mappings; only copy-on-write tables hold
+  explicit frames, and their pages are counted once per table, not per user;
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
 * the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
@@ -40,6 +44,7 @@ from ..arch import (
 from ..errors import InternalError
 from ..mm.frames import PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.pagewalk import PMD, PTE, PUD
+from ..mm.pgtable import COW
 from ..mm.vma import VM_WRITE
 from .vma_checks import check_vmas
 
@@ -103,6 +108,7 @@ def check(system: System) -> None:
     k = system.k
     walks = {task.name: _Walk(k, task.mm) for task in k.tasks if task.alive}
     mapcount = Counter()
+    counted: set[int] = set()  # shared tables whose pages are counted already
     cache_owner: dict[int, str] = {}
     for obj in k.objects:
         for pfn in obj.cached_frames().tolist():
@@ -111,10 +117,11 @@ def check(system: System) -> None:
             cache_owner[pfn] = obj.name
             if not k.frames.flags[pfn] & PG_CACHE:
                 raise InternalError("cached frame without PG_CACHE", pfn=pfn, object=obj.name)
+    keys: dict[int, tuple] = {}
     for name, walk in walks.items():
-        _check_entries(k, name, walk, mapcount)
+        _check_entries(k, name, walk, mapcount, counted)
         _check_counts(k, name, walk)
-        _check_shareable(k, name, walk)
+        _check_shareable(k, name, walk, keys)
         check_vmas(k, name, walk.mm, walk.ptes)
     _check_frames(k, mapcount, cache_owner)
     _check_shared(k, walks)
@@ -130,10 +137,13 @@ def _vma_at(mm: MM, addrs: np.ndarray) -> np.ndarray:
     return np.where(inside, which, -1)
 
 
-def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None:
+def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted: set[int]) -> None:
     mm = walk.mm
     pte = k.stores[PTE]
     for cid, base, sid, _inside in walk.ptes:
+        again = sid in counted  # a shared table's pages are mapped once, by the table
+        if sid:
+            counted.add(sid)
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
         dirty = pte.wp_dirty_of(np.array([cid]))[0]
         if (write & ~present).any():
@@ -155,8 +165,9 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
         f = pfn[idx]
         if ((f == ZERO_PFN) & write[idx]).any():
             raise InternalError("writable zero page", process=name, table=hex(base))
-        if sid and (f != 0).any():
-            raise InternalError("explicit frame in a shared table", process=name, table=hex(base), sid=sid)
+        if sid and k.shared.mode[sid] != COW and (f != 0).any():
+            raise InternalError("explicit frame in a shared table that is not copy-on-write", process=name,
+                                table=hex(base), sid=sid)
         for v in np.unique(which).tolist():
             vma = mm.vmas[v]
             sel = which == v
@@ -179,7 +190,7 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
                     raise InternalError("implicit entry for a page not in the page cache", process=name, vma=vma,
                                         addr=hex(int(addrs[sel][~explicit][cached == 0][0])))
             real = f[sel][f[sel] > ZERO_PFN]
-            for p in real.tolist():
+            for p in [] if again else real.tolist():
                 mapcount[p] += 1
     for addrs, entries in walk.leaves:
         which = _vma_at(mm, addrs)
@@ -199,21 +210,41 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter) -> None
                 raise InternalError("huge leaf for a page not in the page cache", process=name, vma=vma)
 
 
-def _check_shareable(k: Kernel, name: str, walk: _Walk) -> None:
-    """A shared table sits only where a VMA that may share it covers its whole span."""
+def _check_shareable(k: Kernel, name: str, walk: _Walk, keys: dict[int, tuple]) -> None:
+    """A shared table sits only where a VMA that may share it covers its whole span: one shared by
+    key where every user's span has the same key, by the policy's hook, as the one it is registered
+    under; one shared copy-on-write at fork in a copy-on-write mapping."""
+    from ..mm.ptshare import registry_slot
+
     mm = walk.mm
     for (lvl, sid), _n in walk.shared.items():
         base = _shared_base(k, walk, lvl, sid)
         span = k.geom.levels[lvl].span
         vma = mm.vma_lookup(base)
-        ok = vma is not None and vma.vm_start <= base and base + span <= vma.vm_end
-        if ok and lvl == PTE:
-            ok = k.policy.pte_shareable(vma)
-        elif ok:
-            ok = (vma.is_hugetlb and k.policy.hugetlb_pmd_share) or k.policy.pmd_shareable(vma)
-        if not ok:
-            raise InternalError("shared table where no VMA may share it", process=name, level=lvl, sid=sid,
+        if vma is None or not (vma.vm_start <= base and base + span <= vma.vm_end):
+            raise InternalError("shared table where no VMA covers its span", process=name, level=lvl, sid=sid,
                                 addr=hex(base), vma=vma)
+        registered = k.share_where.get(sid)
+        if registered is None:
+            if not (k.shared.mode[sid] == COW and lvl == PTE and vma.is_cow_mapping):
+                raise InternalError("shared table neither registered under a key nor copy-on-write", process=name,
+                                    level=lvl, sid=sid, addr=hex(base), vma=vma)
+            continue
+        key = k.policy.share_key(lvl, vma)
+        if key is None:
+            raise InternalError("shared table in a VMA the policy does not share", process=name, level=lvl,
+                                sid=sid, addr=hex(base), vma=vma)
+        mine = (key.identity, base - key.origin)
+        if keys.setdefault(sid, mine) != mine:
+            raise InternalError("users of a shared table have different keys", process=name, level=lvl, sid=sid,
+                                addr=hex(base), key=mine, other=keys[sid])
+        where, slot = registered
+        mine_where, mine_slot = registry_slot(k, lvl, key, base)
+        # What the table maps cannot change while it is shared; the partner it is found by can
+        # (a user's VMA split away from the span keeps sharing it).
+        if (where[:2], where[3], slot) != (mine_where[:2], mine_where[3], mine_slot):
+            raise InternalError("shared table registered under another key", process=name, level=lvl, sid=sid,
+                                key=mine, registered=registered)
 
 
 def _shared_base(k: Kernel, walk: _Walk, lvl: int, sid: int) -> int:
@@ -324,7 +355,7 @@ def _check_pagetables(k: Kernel, walks: dict[str, _Walk]) -> None:
     for walk in walks.values():
         own += 1 + sum(walk.own_tables.values())  # its PGD and the tables not inside shared ones
     live_boxes = [sid for sid in range(1, k.shared._next) if sid not in k.shared._free]
-    boxes = sum(1 + int(k.shared.children[sid]) for sid in live_boxes if k.shared.users[sid] > 0)
+    boxes = sum(1 + int(k.shared.children[sid].sum()) for sid in live_boxes if k.shared.users[sid] > 0)
     if own + boxes != k.frames.nr_pagetables:
         raise InternalError("PageTables disagrees with the tables of all processes", counted=own + boxes,
                             own=own, shared=boxes, nr_pagetables=k.frames.nr_pagetables)

@@ -1,47 +1,89 @@
 """The policy base class: the decisions a page-table design makes, and nothing else.
 
-A policy is consulted by fork (``dup_mmap``/``copy_page_range``) and by the fault path; the
-substrate does the work.  The defaults reproduce Linux 6.18.  A subclass may override exactly
-these hooks:
+A policy is consulted by fork (``dup_mmap``/``copy_page_range``), by the fault path and by every
+walk that meets a shared table; the substrate does the work.  The defaults reproduce Linux 6.18.
+A subclass may override exactly these hooks:
 
 ``name``, ``kernel``, ``summary``
     What the policy is called, which kernel (or patch) it models, one line on what it does.
+``label``, ``words``
+    How figures (``label``) and report sentences (``words``) name it.
 ``fault_around_pages``
     Pages mapped around a read fault on a file or shmem VMA (``fault_around_bytes`` / 4 KiB).
     16 since 3.15; 1 turns fault-around off.
 ``hugetlb_pmd_share``
-    Whether hugetlb mappings share PMD tables (Ken Chen, 2.6.20 to today).
+    Whether hugetlb mappings share PMD tables (Ken Chen, 2.6.20 to today): read by the default
+    :meth:`pmd_share_key`.
 ``vma_needs_copy(vma)``
     Whether fork copies the page tables of ``vma`` (models ``vma_needs_copy()``).
-``pte_shareable(vma)``
-    Whether the PTE tables of ``vma`` may be shared between mms (McCracken).  Sharing is then
-    done by the substrate for every 2 MiB span the VMA covers whole: at fork when
-    ``share_at_fork``, and at fault time when ``share_at_fault``.
-``pmd_shareable(vma)``
-    Whether PMD tables of ``vma`` may be shared too (McCracken 2005), for every 1 GiB span the
-    VMA covers whole.
+``pte_share_key(vma)``, ``pmd_share_key(vma)``, ``pud_share_key(vma)``
+    The sharing rule for the PTE tables (2 MiB spans), PMD tables (1 GiB) or PUD tables (512 GiB)
+    of ``vma``: ``None`` not to share them, or a :class:`ShareKey` ``(identity, origin, partner)``.
+    The span at ``addr`` has the key ``(identity, addr - origin)``: spans with equal keys map the
+    same pages the same way, so one table can serve them, and every user of a shared table keeps
+    an equal key (the invariant checker verifies it with this hook).  A table is *found* by a VMA
+    whose ``partner`` is equal too (McCracken's partners have the same ``vm_start`` and
+    ``vm_end``).  The substrate shares only spans the VMA covers whole; a fault that needs such a
+    table attaches a partner's if there is one (``huge_pmd_share``, McCracken's ``pt_share_pte``),
+    or makes one that later partners can find.
+``share_at_fork(vma)``
+    Whether fork attaches the parent's shared tables of ``vma`` (and leaves the rest to faults)
+    instead of copying or skipping its page tables (McCracken).
+``unshare_mode``
+    How the tables shared by key are unshared when one user changes its mapping: ``"drop"`` (the
+    user clears its entry and refaults into a table of its own) or ``"copy"`` (the user gets a
+    private copy of the table's contents).
+``cow_pte_tables(vma)``
+    Whether fork, where it would copy the PTE tables of ``vma``, shares them copy-on-write
+    instead: parent and child use the same table until one of them changes the span -- a fault
+    included -- which then copies it first.  Only private (copy-on-write) mappings may; the pages'
+    reference counts are raised when a table is copied, not at fork.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ..mm.vma import VMA
 
-from ..mm.vma import VM_MIXEDMAP, VM_PFNMAP
+from ..arch import PAGE_SHIFT
+from ..mm.vma import VM_LOCKED, VM_MAYSHARE, VM_MIXEDMAP, VM_PFNMAP
+
+UNSHARE_MODES = ("drop", "copy")
+
+
+class ShareKey(NamedTuple):
+    """A sharing rule for the tables of one VMA: the span at ``addr`` has the key
+    ``(identity, addr - origin)``, and spans with equal keys may share a table -- found by a VMA
+    with an equal ``partner`` as well."""
+
+    identity: Hashable
+    origin: int
+    partner: Hashable = None
+
+
+def huge_pmd_share_key(vma: VMA) -> ShareKey | None:
+    """Models the partner test of huge_pmd_share() (mm/hugetlb.c): a ``VM_MAYSHARE`` hugetlb VMA
+    shares with any VMA of the same file with the same flags ignoring ``VM_LOCKED`` that maps the
+    same file offset at the start of the 1 GiB window (virtual addresses may differ)."""
+    if not (vma.is_hugetlb and vma.vm_flags & VM_MAYSHARE):
+        return None
+    return ShareKey(("hugetlb", vma.obj.id, vma.vm_flags & ~VM_LOCKED), vma.vm_start - (vma.vm_pgoff << PAGE_SHIFT))
 
 
 class Policy:
     """Linux 6.18.  Subclasses override the hooks listed in the module docstring."""
 
     name = "linux"
+    label = "Linux 6.18"
+    words = "Linux 6.18"
     kernel = "Linux 6.18"
     summary = "skip page tables of VMAs without anon_vma at fork; fault-around 16; hugetlb PMD sharing"
     fault_around_pages = 16
     hugetlb_pmd_share = True
-    share_at_fork = False
-    share_at_fault = False
+    unshare_mode = "drop"
 
     def vma_needs_copy(self, vma: VMA) -> bool:
         """Models vma_needs_copy() (mm/memory.c, 6.x): copy only what a fault cannot rebuild.
@@ -53,11 +95,32 @@ class Policy:
             return True
         return vma.anon_vma is not None
 
-    def pte_shareable(self, vma: VMA) -> bool:
+    def share_at_fork(self, vma: VMA) -> bool:
         return False
 
-    def pmd_shareable(self, vma: VMA) -> bool:
+    def pte_share_key(self, vma: VMA) -> ShareKey | None:
+        return None
+
+    def pmd_share_key(self, vma: VMA) -> ShareKey | None:
+        return huge_pmd_share_key(vma) if self.hugetlb_pmd_share else None
+
+    def pud_share_key(self, vma: VMA) -> ShareKey | None:
+        return None
+
+    def cow_pte_tables(self, vma: VMA) -> bool:
         return False
+
+    def share_key(self, level: int, vma: VMA) -> ShareKey | None:
+        """The share key of ``vma``'s tables of ``level`` (0 PTE, 1 PMD, 2 PUD); not a hook."""
+        if level == 0:
+            return self.pte_share_key(vma)
+        if level == 1:
+            return self.pmd_share_key(vma)
+        return self.pud_share_key(vma) if level == 2 else None
+
+    def shares(self, vma: VMA) -> bool:
+        """Whether any level of ``vma``'s tables may be shared by key; not a hook."""
+        return any(self.share_key(level, vma) is not None for level in range(3))
 
     def __repr__(self) -> str:
         return f"<policy {self.name}: {self.kernel}>"

@@ -15,6 +15,7 @@ class LinuxNoPmdShare(Policy):
     ``ARCH_WANT_HUGE_PMD_SHARE``: every process has its own PMD tables for hugetlb mappings."""
 
     name = "linux-no-pmd-share"
+    label = words = "Linux 6.18 without PMD sharing"
     kernel = "Linux 6.18, hugetlb PMD sharing off"
     summary = "as linux, but every process has its own PMD tables for hugetlb mappings"
     hugetlb_pmd_share = False
@@ -24,6 +25,8 @@ class Eager(Policy):
     """Linux up to 2.6.13: ``copy_page_range`` copied the page tables of every VMA at fork."""
 
     name = "eager"
+    label = "eager (<= 2.6.13)"
+    words = "eager copy"
     kernel = "Linux <= 2.6.13"
     summary = "copy the page tables of every VMA at fork; no fault-around; no hugetlb PMD sharing"
     fault_around_pages = 1
@@ -41,6 +44,8 @@ class Lazy(Policy):
     """
 
     name = "lazy"
+    label = "lazy (2.6.14)"
+    words = "lazy copy"
     kernel = "Linux 2.6.14"
     summary = "skip page tables at fork unless the VMA has anon_vma or is hugetlb; no fault-around"
     fault_around_pages = 1

@@ -28,15 +28,6 @@ BASELINE = "linux"
 NO_PMD_SHARE = "linux-no-pmd-share"
 
 
-class LinuxWithoutPmdSharing(Policy):
-    """Linux 6.18 with hugetlb PMD sharing turned off: what that sharing saves."""
-
-    name = NO_PMD_SHARE
-    kernel = "Linux 6.18, hugetlb PMD sharing off"
-    summary = "as linux, but every process has its own PMD tables for hugetlb mappings"
-    hugetlb_pmd_share = False
-
-
 @dataclass
 class PolicyRun:
     """One policy's figures: per process (by pid string) and for the system."""
@@ -138,7 +129,7 @@ def whatif(snapshot: Snapshot, policies: list[str], cost: CostModel, source: str
     has_hugetlb = any(v.kind == "hugetlb" for p in snapshot.processes for v in p.vmas)
     no_share = None
     if has_hugetlb:
-        no_share = runs.get(NO_PMD_SHARE) or run_policy(snapshot, LinuxWithoutPmdSharing(), cost, costs=False)
+        no_share = runs.get(NO_PMD_SHARE) or run_policy(snapshot, get_policy(NO_PMD_SHARE), cost, costs=False)
     return {
         "schema": SCHEMA,
         "snapshot": _snapshot_info(snapshot, source),
