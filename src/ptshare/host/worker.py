@@ -230,10 +230,10 @@ class Worker:
     def start(self, spawned: bool = False) -> None:
         """Warm up, fault in the interpreter's own memory, then say hello with this process's pid
         and its interpreter-only status."""
-        self.warm_up()
-        populate_own_memory(write=spawned, skip=self.region)
         if self.own and spawned:  # a forked worker has its parent's reservations
             self.region = (WINDOW[0], reserve_above())
+        self.warm_up()  # after the reservations: the maps file a status reads is longer with them
+        populate_own_memory(write=spawned, skip=self.region)
         threads = len(os.listdir("/proc/self/task"))
         self._send({"hello": os.getpid(), "interp": read_status(), "threads": threads, "floor": self.region[1]})
 
