@@ -20,9 +20,10 @@ from processes import tagged, wait_gone
 from ptshare.calibrate import families
 from ptshare.calibrate import run as calibrate_run
 from ptshare.calibrate.experiment import Experiment, Point
-from ptshare.calibrate.families import ACCESS, Sample, call
+from ptshare.calibrate.families import Sample, call
 from ptshare.calibrate.fit import PREFAULTED_READ, UNMEASURABLE, events_of, fit
 from ptshare.calibrate.nnls import nnls
+from ptshare.calibrate.probes import ProbeExperiment, probe_plan
 from ptshare.calibrate.profile import provenance
 from ptshare.cli.main import main
 from ptshare.cost import CostModel, load_profile
@@ -76,6 +77,17 @@ def test_nnls_noisy_data_and_a_column_of_zeros():
     assert np.allclose(x[1:3], truth[1:3], rtol=0.05)
 
 
+def test_nnls_says_when_it_does_not_converge(monkeypatch):
+    nnls_module = sys.modules["ptshare.calibrate.nnls"]
+
+    rng = np.random.default_rng(4)
+    a = rng.random((30, 8))
+    b = a @ rng.normal(size=8)
+    monkeypatch.setattr(nnls_module, "MAX_ITER_PER_COLUMN", 0)  # one iteration: this problem needs more
+    with pytest.raises(nnls_module.NoConvergence, match="did not converge"):
+        nnls(a, b)
+
+
 def test_nnls_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="as many rows"):
         nnls(np.ones((3, 2)), np.ones(4))
@@ -89,16 +101,20 @@ def quick_points():
     exp = Experiment(families.plan(quick=True, hugetlb_ok=False), load_profile())
     for fam in exp.families:
         exp.simulate(fam)
-    return [p for pts in exp.points.values() for p in pts]
+    probes = ProbeExperiment(probe_plan(quick=True), load_profile())
+    for cfg in probes.configs:
+        probes.simulate(cfg)
+    return [p for pts in exp.points.values() for p in pts] + [p for pair in probes.points.values() for p in pair if p]
 
 
 TRUTH = {"fault_anon": 310.0, "fault_zero": 640.0, "fault_file": 980.0, "fault_around_ptes": 120.0,
          "fault_shared_write": 870.0, "fault_cow": 520.0, "fault_wp_copy": 610.0, "fault_wp_reuse": 700.0,
          "fault_wp_shared": 2100.0, "page_alloc": 1250.0, "ptes_copied": 95.0, "pte_tables_copied": 1000.0,
          "vmas_copied": 800.0, "ptes_zapped": 60.0, "pages_freed": 190.0, "pgtable_alloc": 500.0,
-         "pgtable_free": 400.0, "ptes_changed": 75.0, "ptes_moved": 12.0}
-PSEUDO = {call("fork"): 450_000.0, call("touch"): 1_500.0, call("exit"): 900.0, call("munmap"): 3_800.0,
-          call("mprotect"): 2_000.0, call("mremap"): 5_000.0, ACCESS: 11.0, PREFAULTED_READ: 230.0}
+         "pgtable_free": 400.0, "ptes_changed": 75.0, "ptes_moved": 12.0, "fork": 45_000.0,
+         "accesses": 11.0}
+PSEUDO = {call("touch"): 1_500.0, call("exit"): 900.0, call("munmap"): 3_800.0,
+          call("mprotect"): 2_000.0, call("mremap"): 5_000.0, PREFAULTED_READ: 230.0}
 
 
 def _synthetic(points: list[Point], base: CostModel, noise: float = 0.0, seed: int = 0) -> list[Point]:
@@ -211,7 +227,8 @@ def test_cli_json(tmp_path, capsys, fake_calibration):
     doc = json.loads(capsys.readouterr().out)
     assert doc["schema"] == "ptshare.calibrate/1" and doc["profile"]["path"] is None
     assert doc["events"]["ptes_copied"]["source"] == "measured"
-    assert doc["events"]["fork"]["source"] == "kept" and doc["events"]["fork"]["why"]
+    assert doc["events"]["fork"]["source"] == "measured"  # by the fork probe, whose own fork costs next to nothing
+    assert doc["events"]["exec"]["source"] == "kept" and doc["events"]["exec"]["why"]
     assert set(doc["ops"]) == {"fork", "touch", "exit", "munmap", "mprotect", "mremap"}
     assert "[ns]" in doc["profile"]["text"]
 

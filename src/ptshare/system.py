@@ -307,6 +307,7 @@ class System:
                 ok.append((vma.vm_start, end))
         n_ok = acc.first_outside(ok)
         valid = acc.prefix(n_ok)
+        self.k.events.add("accesses", len(valid))
 
         def op() -> None:
             if not len(valid):

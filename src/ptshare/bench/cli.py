@@ -22,6 +22,10 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="shrink the cases (0 < scale <= 1) for a quick check")
     p.add_argument("--vs-host", action="store_true",
                    help="also run the fork cases on this machine's kernel and print simulator/kernel time ratios")
+    p.add_argument("--real", action="store_true",
+                   help="a C program's fork of 0.25, 1, 4 and 8 GiB, measured (median of 5) and predicted by the cost "
+                        "model; with --real the simulator's cases run only if --case names them")
+    p.add_argument("--profile", metavar="PROFILE.toml", help="the cost profile --real predicts with (default: shipped)")
     p.add_argument("-o", "--output", default="bench-results.json", help="where to write the JSON results")
     p.set_defaults(func=cmd_bench)
 
@@ -34,12 +38,39 @@ def _one(name: str, policy: str, scale: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _real(profile: str | None) -> dict:
+    """The C fork at each size, measured and predicted: printed, and returned for the JSON."""
+    from ..cost import load_profile
+    from ..realfork.compare import RUNS, SIZES, affordable, compare
+    from ..realfork.probe import compiler_problem
+    from ..units import format_ns, format_size
+
+    problem = compiler_problem()
+    if problem is not None:
+        raise UsageError(f"--real: {problem}")
+    cost = load_profile(profile)
+    sizes, left_out = affordable(SIZES)
+    for size in left_out:
+        print(f"  --real: {format_size(size)} left out: more than half of the memory available now", file=sys.stderr)
+    results = compare(sizes, RUNS, cost)
+    rows = [[format_size(r.size), f"{r.ptes:,}", format_ns(r.measured_ns), format_ns(r.to_json()["measured_wall_ns"]),
+             f"{r.measured_ns / r.ptes:.1f}", format_ns(r.predicted_ns), f"{r.ratio:.2f}", f"{r.adjacent:.2f}"]
+            for r in results]
+    print(f"fork of a C program that wrote N of private anonymous memory (median of {RUNS}), against the cost "
+          f"model (profile {cost.name!r}, measured on {cost.machine})")
+    print(table(["memory", "PTEs", "fork (CPU)", "fork (wall)", "ns/PTE", "predicted", "predicted / measured",
+                 "frames adjacent"], rows, "lrrrrrrr"))
+    print()
+    return {"runs": RUNS, "profile": cost.name, "profile_machine": cost.machine, "clock": "thread CPU time",
+            "sizes": [r.to_json() for r in results], "left_out": left_out}
+
+
 def cmd_bench(args) -> int:
     if not 0 < args.scale <= 1:
         raise UsageError("--scale must be more than 0 and at most 1")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
-    names = args.case or [*CASES, *([] if args.no_curve else CURVE)]
+    names = args.case or ([] if args.real else [*CASES, *([] if args.no_curve else CURVE)])
     for name in names:
         if name not in ALL:
             raise UsageError(f"unknown bench case {name!r}; cases: {', '.join(ALL)}")
@@ -66,15 +97,18 @@ def cmd_bench(args) -> int:
         from .vshost import compare_with_host
 
         host, host_records = compare_with_host([n for n in names if ALL[n].host], args.scale)
+    real = _real(args.profile) if args.real else None
     headers = ["case", "policy", "sim wall", "sim peak RSS", "page tables (simulated)", "faults", "PTEs copied",
                "target", "met"]
     print(f"ptshare bench on {describe()}, median of {args.repeat}")
-    print(table(headers, rows, "llrrrrrll"))
+    if rows:
+        print(table(headers, rows, "llrrrrrll"))
     if host:
         print()
         print("simulating under linux against this machine's kernel doing it (under 1: the simulator is faster)")
         print(table(["case", "step", "sim wall", "kernel wall", "sim / kernel"], host, "llrrr"))
     write_output(json.dumps({"schema": "ptshare.bench/1", "machine": describe(), "repeat": args.repeat,
-                             "scale": args.scale, "results": docs, "vs_host": host_records}, indent=1), args.output)
+                             "scale": args.scale, "results": docs, "vs_host": host_records,
+                             **({"real": real} if real is not None else {})}, indent=1), args.output)
     print(f"results written to {args.output}")
     return 0

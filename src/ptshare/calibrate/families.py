@@ -7,20 +7,21 @@ simulator's event counts for that step.  What each family separates:
 
 ``anon``
     Private anonymous memory of 16..512 MiB, every page written: write faults; the same pages
-    written again (the cost of an access that does not fault); fork, which copies one PTE per
-    page and one PTE table per 2 MiB; the child's writes (copy-on-write copies) and exit (pages
+    written again (the cost of an access that does not fault); a fork (timed by the probe
+    instead, see :mod:`.probes`); the child's writes (copy-on-write copies) and exit (pages
     freed); the parent's writes after that (exclusive pages reused); a second fork and exit (PTEs
     zapped, nothing freed); munmap (zapped and freed).
 ``sparse``
-    One page written per 2 MiB over 256 MiB..4 GiB of address space: fork copies as many PTE
-    tables as PTEs, so the cost of a page-table page comes apart from the cost of a PTE.  The same
+    One page written per 2 MiB over 256 MiB..4 GiB of address space: the child's exit frees as
+    many PTE tables as it zaps PTEs, so the cost of freeing a page-table page comes apart from
+    the cost of a PTE.  The same
     read instead of written maps the zero page (no ``anon_vma``: fork skips it).
 ``zero``
     Every page read from untouched anonymous memory: zero-page faults; munmap zaps without
     freeing.
 ``vmas``
-    0..1024 small VMAs (one page each, a page apart so they do not merge): fork's cost per VMA,
-    and the fixed cost of fork (no VMA at all) and of munmap (one call per VMA).
+    0..1024 small VMAs (one page each, a page apart so they do not merge): the cost per VMA
+    torn down, and the fixed cost of munmap (one call per VMA).
 ``fault-around``
     A shmem object of which every k-th page is in the page cache (k = 1, 2, 4, 8, 16, none),
     read through fresh shared mappings.  Read one page per 64 KiB window, each fault maps the
@@ -47,7 +48,7 @@ simulator's event counts for that step.  What each family separates:
 Sample steps are grouped by *op*: the operation whose measured time they are (``fork``,
 ``touch``, ``exit``, ``munmap``, ``mprotect``, ``mremap``).  Beside the event counts each sample
 carries pseudo-events that are not in the cost model but are in the measurement: the number of
-calls (each op's fixed cost) and, for touches, of accesses, and whether the touch reads every page
+calls (each op's fixed cost) and, for touches, whether the touch reads every page
 of its range (then it reads each page fault-around maps as soon as it is mapped).
 """
 
@@ -73,7 +74,7 @@ class Sample:
 
     step: int
     op: str
-    pseudo: dict[str, int] = field(default_factory=dict)  # calls and accesses: see the module docstring
+    pseudo: dict[str, int] = field(default_factory=dict)  # calls: see the module docstring
     every_page: bool = False  # a touch that reads every page of its range, in order
 
 
@@ -88,9 +89,6 @@ class Family:
 def call(op: str) -> str:
     """The pseudo-event counting calls of ``op``: its fixed cost, the intercept of its fit."""
     return f"{op} call"
-
-
-ACCESS = "touch access"  # the pseudo-event counting accesses of a touch (faulting or not)
 
 
 class _Builder:
@@ -116,13 +114,15 @@ class _Builder:
 
     def touch(self, pid: str, vma: str, length: int, *, write: bool, stride: int = PAGE_SIZE, repeat: int = 1,
               sample: bool = True) -> None:
-        accesses = -(-length // stride) * repeat
-        self._add("touch", "touch" if sample else None, {call("touch"): repeat, ACCESS: accesses},
+        self._add("touch", "touch" if sample else None, {call("touch"): repeat},
                   every_page=stride == PAGE_SIZE, pid=pid, vma=vma, access="write" if write else "read",
                   length=length, stride=stride, repeat=repeat)
 
-    def fork(self, pid: str, child: str) -> None:
-        self._add("fork", "fork", {call("fork"): 1}, pid=pid, child=child)
+    def fork(self, pid: str, child: str, sample: bool = False) -> None:
+        """A fork; a sample only where the probe cannot make it (see :mod:`.probes`): then its
+        fixed cost, the pseudo-event, is the worker's (its interpreter's VMAs and PTEs) beyond the
+        kernel's ``fork``."""
+        self._add("fork", "fork" if sample else None, {call("fork"): 1}, pid=pid, child=child)
 
     def exit(self, pid: str, sample: bool = True) -> None:
         self._add("exit", "exit" if sample else None, {call("exit"): 1}, pid=pid)
@@ -312,13 +312,13 @@ def hugetlb(sizes: list[int]) -> Family:
         h, q, c, d = f"h{n}", f"q{n}", f"c{n}", f"d{n}"
         b.mmap("p", h, object=h, shared=True)
         b.touch("p", h, n * MIB, write=True, stride=HPAGE)  # hugetlb_no_page: allocate and clear
-        b.fork("p", c)  # a shared hugetlb VMA: not copied
+        b.fork("p", c, sample=True)  # a shared hugetlb VMA: not copied
         b.touch(c, h, n * MIB, write=False, stride=HPAGE)  # the page is in the file: no allocation
         b.exit(c, sample=False)
         b.munmap("p", h, sample=False)
         b.mmap("p", q, object=f"p{n}")
         b.touch("p", q, n * MIB, write=True, stride=HPAGE)  # a private huge page
-        b.fork("p", d)  # copy_hugetlb_page_range
+        b.fork("p", d, sample=True)  # copy_hugetlb_page_range
         b.exit(d, sample=False)
         b.munmap("p", q, sample=False)
     return b.family

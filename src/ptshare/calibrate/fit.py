@@ -4,9 +4,10 @@ sample of every op.
 Each sample's measured time is modelled as the simulator's estimate would make it -- the sum over
 events of count x cost -- plus what the measurement holds that the model has no event for
 (*pseudo-events*, measured and reported but not written to the profile): the op's fixed cost per
-call (the intercept; for fork, a host worker's, see :mod:`.worker_fork`) and, for touches, a cost
-per access and a cost per read of a page that fault-around has just mapped
-(:data:`PREFAULTED_READ`).  Events are of three kinds:
+call (the intercept; for fork, what a host worker's fork adds to the kernel's ``fork``, see
+:mod:`.worker_fork`: fork's own fixed cost is measured by the probe, :mod:`.probes`) and, for
+touches, a cost per read of a page that fault-around has just mapped (:data:`PREFAULTED_READ`).
+(The cost of an access itself is the ``accesses`` event's.)  Events are of three kinds:
 
 * *fitted*: their cost is a coefficient of the fit, and is what the profile gets;
 * *kept*: their cost comes from the base profile and is subtracted from the measurement first,
@@ -33,12 +34,10 @@ import numpy as np
 from ..cost import CostModel
 from ..mm.events import NAMES
 from .experiment import Point
-from .families import ACCESS, call
+from .families import call
 from .nnls import covariance, nnls, r_squared, standard_errors
 
 UNMEASURABLE: dict[str, str] = {
-    "fork": "every host fork also duplicates the worker's Python interpreter (about 160 VMAs and 4,400 PTEs, "
-            "ten times the fixed cost), so the intercept of the fork fit is the worker's fixed cost, not the kernel's",
     "exec": "the host backend's exec starts a new Python interpreter, not a small binary",
     "exit": "the host times a worker's exit as munmap of its scenario memory: exit()'s own fixed cost is not in it",
     "tlb_flush_mm": "it comes once with every munmap, mprotect and mremap call, so it cannot be told from their "
@@ -110,7 +109,7 @@ class Entangled:
 @dataclass
 class Fit:
     events: dict[str, EventCost]
-    pseudo: dict[str, EventCost]  # intercepts and the cost per access: measured, not profile events
+    pseudo: dict[str, EventCost]  # intercepts and prefaulted reads: measured, not profile events
     ops: dict[str, OpFit]
     entangled: list[Entangled] = field(default_factory=list)
     residuals: list[dict] = field(default_factory=list)  # per sample: op, label, measured, predicted
@@ -179,7 +178,8 @@ def _solve(points: list[Point], base: CostModel, unresolved: dict[str, str]) -> 
     seen = {name: sum(1 for c in counts if c.get(name)) for name in NAMES}
     fitted = [n for n in NAMES if n not in UNMEASURABLE and n not in NOT_CHARGED and n not in unresolved and seen[n]]
     ops = sorted({p.op for p in points})
-    pseudo = [call(op) for op in ops] + ([ACCESS, PREFAULTED_READ] if "touch" in ops else [])
+    pseudo = [call(op) for op in ops if any(call(op) in p.sample.pseudo for p in points)]
+    pseudo += [PREFAULTED_READ] if "touch" in ops else []
     columns = fitted + pseudo
     a = np.zeros((len(points), len(columns)))
     offset = np.zeros(len(points))

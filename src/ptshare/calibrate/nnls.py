@@ -1,55 +1,52 @@
-"""Non-negative least squares: min ||A x - b|| subject to x >= 0.
+"""Non-negative least squares: min ||A x - b|| subject to x >= 0, and what the fit reports of it.
 
 A cost per event cannot be negative, and an unconstrained fit over correlated event counts (a
 write fault always allocates a page; a PTE table comes with every 512 PTEs) happily trades a
-large positive cost for a negative one.  This is the active-set method of C. L. Lawson and R. J.
-Hanson, *Solving Least Squares Problems* (Prentice-Hall, 1974), chapter 23 -- the algorithm
-behind ``scipy.optimize.nnls``, written out here because ptshare depends on numpy only.  The
-problems calibration solves have a few dozen columns, so the plain form is fast enough.
+large positive cost for a negative one.  The solver is ``scipy.optimize.nnls`` (the active-set
+method of Lawson and Hanson, *Solving Least Squares Problems*, 1974, chapter 23); this module
+scales the columns for it and turns its failure to converge into an error.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import nnls as _scipy_nnls
+
+from ..errors import PtshareError
+
+# scipy's default limit is 3n iterations; the active-set method rarely needs more than n, and a
+# problem that needs more than this is degenerate enough to be worth an error rather than a guess.
+MAX_ITER_PER_COLUMN = 50
 
 
-def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+class NoConvergence(PtshareError):
+    """The least-squares solver did not converge: the samples cannot be fitted as they are."""
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The x >= 0 that minimises ||a @ x - b||.
 
     Columns are scaled to unit norm first (event counts range from 1 fork to millions of PTEs), so
-    the tolerance means the same for every column; a column of zeros gets x = 0.
+    the solver's tolerances mean the same for every column; a column of zeros gets x = 0.  Raises
+    :class:`NoConvergence` if the solver stops at its iteration limit.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.shape != (a.shape[0],):
         raise ValueError(f"nnls needs a matrix and a vector of as many rows, not {a.shape} and {b.shape}")
-    m, n = a.shape
     norms = np.linalg.norm(a, axis=0)
     usable = norms > 0
-    scaled = np.where(usable, a / np.where(usable, norms, 1.0), 0.0)
-    x = np.zeros(n)
-    passive = np.zeros(n, dtype=bool)  # Lawson and Hanson's set P: the variables free to move
-    tol = 10 * np.finfo(np.float64).eps * max(m, n) * max(1.0, float(np.abs(scaled).sum(axis=0).max(initial=0)))
-    max_iter = max_iter or 3 * n + 10
-    for _ in range(max_iter):
-        w = scaled.T @ (b - scaled @ x)  # the negative gradient
-        candidates = ~passive & usable & (w > tol)
-        if not candidates.any():
-            break
-        passive[np.argmax(np.where(candidates, w, -np.inf))] = True
-        while True:
-            z = np.zeros(n)
-            z[passive] = np.linalg.lstsq(scaled[:, passive], b, rcond=None)[0]
-            if (z[passive] > tol).all():
-                break
-            # Step from x towards z as far as x stays feasible, and drop the variables that reach 0.
-            blocking = passive & (z <= tol)
-            alpha = float(np.min(x[blocking] / (x[blocking] - z[blocking])))
-            x = x + alpha * (z - x)
-            passive &= x > tol
-            x[~passive] = 0.0
-        x = z
-    return np.where(usable, x / np.where(usable, norms, 1.0), 0.0)
+    x = np.zeros(a.shape[1])
+    if not usable.any():
+        return x
+    scaled = a[:, usable] / norms[usable]
+    try:
+        z, _ = _scipy_nnls(scaled, b, maxiter=max(1, MAX_ITER_PER_COLUMN * scaled.shape[1]))
+    except RuntimeError as exc:
+        raise NoConvergence(f"non-negative least squares did not converge ({exc}) on {a.shape[0]} samples of "
+                            f"{a.shape[1]} costs") from None
+    x[usable] = z / norms[usable]
+    return x
 
 
 def covariance(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:

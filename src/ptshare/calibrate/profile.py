@@ -98,6 +98,11 @@ def _header(fit: Fit, prov: Provenance) -> list[str]:
            if prov.set_aside else "") + "."
         + (" A --quick run: small sizes, few runs." if prov.quick else "")
     )
+    probe = ("Fork and its child's teardown are timed by a C program (forkprobe) that writes private anonymous "
+             "memory (dense: 2 to 8 GiB; sparse: one page per 2 MiB over 1 to 8 GiB; up to 1,024 one-page VMAs), "
+             "forks three times after a warm-up fork and takes the median of the forks' CPU time, runs interleaved "
+             "with the families: a Python worker's own address space would be in every fork it makes, and the CPU "
+             "time leaves out the time other processes held the CPU.")
     guest = ("Guest memory is written and freed just before each host run, so the runs get memory the hypervisor "
              "has backed: its first-touch cost (about 10 us per 4 KiB page on the project's Firecracker guests) is "
              "not in these numbers.")
@@ -107,8 +112,8 @@ def _header(fit: Fit, prov: Provenance) -> list[str]:
     lines = ["# ptshare cost profile: nanoseconds per event of the modelled kernel.", "#",
              f"# Measured by `ptshare calibrate` on {prov.date} on {prov.machine}."]
     for para in (method, guest, f"Fit quality, R^2 per op: {quality}.",
-                 f"Measured too, but no event of the model stands for them: {extra}. (A fork call is a host "
-                 "worker's, its Python interpreter's VMAs and PTEs included.)"):
+                 f"Measured too, but no event of the model stands for them: {extra}. (A fork call is what a host "
+                 "worker's fork adds to the kernel's: its Python interpreter's VMAs and PTEs.)", probe):
         lines += ["#", *_comment(para)]
     for e in fit.entangled:
         lines += _comment(f"{e.a} and {e.b} nearly always come together (correlation {e.correlation:+.2f}): only "

@@ -93,8 +93,9 @@ def _not_in_profile(cal: Calibration) -> list[str]:
     intercept, worker = cal.fork_intercept_ns, cal.worker_fork_ns
     if intercept is not None and worker is not None:
         w = cal.worker_fork
+        fork = f.events["fork"]
         out.append(f"  A host worker's fork costs {format_ns(intercept)} before the scenario's own work: the kernel's "
-                   f"fixed cost (kept: {format_ns(f.events['fork'].ns)}) and the worker's Python interpreter "
+                   f"fixed cost ({fork.source}: {format_ns(fork.ns)}) and the worker's Python interpreter "
                    f"({w.get('vmas_copied', 0)} VMAs, {w.get('ptes_copied', 0):,} PTEs copied), which the fitted "
                    f"costs price at {format_ns(worker)}.")
     out += [f"Only the sum is well determined: {e.a} + {e.b} = {e.total:,.0f} +- {e.stderr:,.0f} ns "

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from ..cost import CostModel
 from ..errors import PtshareError
 from ..host.backend import host_problem
+from ..host.measure import cpu_clock
 from ..host.objects import HostError
+from ..realfork.probe import compiler_problem
 from .experiment import Experiment
 from .families import call, plan
 from .fit import NO_EXPERIMENT, Fit, fit
+from .probes import ProbeExperiment, probe_plan
 from .profile import Provenance, provenance
 from .worker_fork import worker_fork_events
 
@@ -50,6 +53,9 @@ def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
     problem = host_problem()
     if problem is not None:
         raise HostError(f"calibration measures this machine's kernel with the host backend, and {problem}")
+    no_cc = compiler_problem()
+    if no_cc is not None:
+        raise HostError(f"calibration times fork with a small C program, and {no_cc}")
     started = time.monotonic()
     repeat = repeat or (QUICK_REPEAT if quick else FULL_REPEAT)
     no_root = host_problem(need_root=True)
@@ -60,13 +66,16 @@ def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
     elif no_root is not None:
         experiment.skipped["hugetlb"] = no_root
     # Work items, for the progress bar: each family simulated, each host run, the worker read.
-    work = [(experiment.simulate, f) for f in families] + [(experiment.run_once, f) for _ in range(repeat)
-                                                           for f in families]
-    for done, (step, fam) in enumerate(work):
-        if progress is not None:
-            progress(done, len(work) + 1)
-        step(fam)
-    points = experiment.measured()
+    probes = ProbeExperiment(probe_plan(quick), base)
+    work = [(experiment.simulate, f) for f in families] + [(probes.simulate, c) for c in probes.configs]
+    for _ in range(repeat):  # interleaved: a busy moment of the machine falls on every kind of sample alike
+        work += [(experiment.run_once, f) for f in families] + [(probes.run_once, c) for c in probes.configs]
+    with cpu_clock():  # the worker families' times are CPU times too, as the probe's
+        for done, (step, fam) in enumerate(work):
+            if progress is not None:
+                progress(done, len(work) + 1)
+            step(fam)
+    points = experiment.measured() + probes.measured()
     if not points:
         raise PtshareError("no calibration sample could be measured on this host (every run's fault counts "
                            "differed from the model's)")
@@ -81,6 +90,7 @@ def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
         for name in HUGETLB_EVENTS:
             if result.events[name].why == NO_EXPERIMENT:
                 result.events[name].why = f"the hugetlb family did not run: {experiment.skipped['hugetlb']}"
-    ran = [f.name for f in families if f.name not in experiment.skipped]
+    ran = [f.name for f in families if f.name not in experiment.skipped] + sorted({f"probe-{c.kind}"
+                                                                                 for c in probes.configs})
     prov = provenance(ran, repeat, len(points), sum(p.set_aside for p in experiment.set_aside()), quick, base)
     return Calibration(result, prov, dict(experiment.skipped), worker, time.monotonic() - started)

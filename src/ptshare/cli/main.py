@@ -123,7 +123,7 @@ def cmd_policies(args) -> int:
 
 # Modules that add their own subcommands: each has register(subparsers) -> None.
 COMMAND_MODULES = ("ptshare.host.cli", "ptshare.snapshot.cli", "ptshare.calibrate.cli", "ptshare.bench.cli",
-                   "ptshare.experiments.cli")
+                   "ptshare.experiments.cli", "ptshare.sweep.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

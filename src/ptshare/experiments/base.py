@@ -164,7 +164,8 @@ def scenario_json(scenario: Scenario) -> dict[str, Any]:
         "description": scenario.description,
         "machine": asdict(scenario.machine),
         "objects": [{"name": o.name, "kind": o.kind, "size": o.size} for o in scenario.objects],
-        "steps": [{"op": s.op, "repeat": s.repeat, **s.fields} for s in scenario.steps],
+        "steps": [{"op": s.op, "repeat": s.repeat, **s.fields, **({"name": s.name} if s.name else {})}
+                  for s in scenario.steps],
     }
 
 

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli.options import whole_number
 from ..cli.output import check_output
 from ..errors import UsageError
 from .db import ResultsDB, default_path
+from .executor import add_options, distributed_wanted, executor_for
 from .registry import EXPERIMENTS
 
 DEFAULT_OUT = "ptshare-report"
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-host", action="store_true",
                    help="fork-vs-segment only: also measure fork on this machine's kernel (the host backend)")
     p.add_argument("--figure", metavar="FILE", help="also draw the figure to FILE (.png or .svg)")
+    add_options(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("results", help="list, filter and export the stored runs")
@@ -40,11 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", metavar="NAME", help="only runs of this scenario (a glob: 'fork-vs-segment-*')")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--export", metavar="FILE", help="write the runs to FILE.csv, or FILE.parquet (needs pyarrow)")
+    p.add_argument("--sweep", type=whole_number("--sweep", 1), metavar="ID",
+                   help="the grid of sweep ID instead: a row per run, a column per varied key and per metric")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("report", help="write the HTML report (and PNG figures) from the stored results")
+    p = sub.add_parser("report", help="write the HTML report (and PNG figures) from the stored results",
+                       description="Writes DIR/report.html from the experiments stored; with --x and --y, "
+                       "draws a sweep's metric against one of its varied keys instead.")
     p.add_argument("--db", help=DB_HELP)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: ./{DEFAULT_OUT})")
+    p.add_argument("--x", metavar="KEY", help="a sweep's varied key, across (with --y)")
+    p.add_argument("--y", metavar="METRIC", help="a metric of its runs, up: est_ms, peak_pagetables_kb, ...")
+    p.add_argument("--sweep", type=whole_number("--sweep", 1), metavar="ID",
+                   help="the sweep to draw (default: the latest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run every experiment and write the report",
@@ -53,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: ./{DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small sizes: the whole demo in well under a minute")
     p.add_argument("--with-host", action="store_true", help="also measure fork-vs-segment on this machine's kernel")
+    add_options(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -70,7 +82,8 @@ def _db(path: str | None, *, create: bool = True) -> ResultsDB:
     return ResultsDB(Path(path) if path else default_path(), create=create)
 
 
-def _params(name: str, sets: list[str], quick: bool, with_host: bool) -> tuple[Any, dict[str, Any]]:
+def _params(name: str, sets: list[str], quick: bool, with_host: bool,
+            distributed: bool = False) -> tuple[Any, dict[str, Any]]:
     from .params import parse_sets
     from .runner import host_unavailable
 
@@ -83,6 +96,9 @@ def _params(name: str, sets: list[str], quick: bool, with_host: bool) -> tuple[A
             raise UsageError(f"--with-host applies to fork-vs-segment only, not to {name}")
         overrides["with_host"] = True
     params = exp.params(overrides, quick=quick)
+    if params.get("with_host") and distributed:
+        raise UsageError("--with-host measures this machine's kernel, one run at a time; it cannot run with "
+                         "--workers or --cluster")
     if params.get("with_host"):
         why = host_unavailable()
         if why is not None:
@@ -93,13 +109,13 @@ def _params(name: str, sets: list[str], quick: bool, with_host: bool) -> tuple[A
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .runner import run_experiment
 
-    exp, params = _params(args.name, args.set, args.quick, args.with_host)
+    exp, params = _params(args.name, args.set, args.quick, args.with_host, distributed_wanted(args))
     if args.figure:
         if Path(args.figure).suffix.lower() not in (".png", ".svg"):
             raise UsageError(f"--figure {args.figure}: the file name must end in .png or .svg")
         check_output(args.figure, "figure.png", "--figure")
-    with _db(args.db) as db:
-        outcome, tally = run_experiment(exp, params, db)
+    with _db(args.db) as db, executor_for(args) as executor:
+        outcome, tally = run_experiment(exp, params, db, executor=executor)
         where = str(db.path)
     if args.figure:
         try:
@@ -141,6 +157,10 @@ def _text(outcome: Any) -> str:
 def cmd_results(args: argparse.Namespace) -> int:
     from .export import export, flatten
 
+    if args.sweep is not None:
+        from ..sweep.cli import show_sweep
+
+        return show_sweep(args)
     if args.experiment is not None and args.experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {args.experiment!r}; experiments: {', '.join(EXPERIMENTS)}")
     if args.export:
@@ -181,6 +201,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if args.x or args.y or args.sweep is not None:
+        from ..sweep.cli import plot_sweep
+
+        return plot_sweep(args)
     with _db(args.db, create=False) as db:
         try:
             path = write_report(db, out)
@@ -197,10 +221,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    plans = [_params(name, [], args.quick, args.with_host and name == "fork-vs-segment") for name in EXPERIMENTS]
-    with ResultsDB(out / "results.db") as db:
+    plans = [_params(name, [], args.quick, args.with_host and name == "fork-vs-segment", distributed_wanted(args))
+             for name in EXPERIMENTS]
+    with ResultsDB(out / "results.db") as db, executor_for(args) as executor:
         for exp, params in plans:
-            outcome, tally = run_experiment(exp, params, db)
+            outcome, tally = run_experiment(exp, params, db, executor=executor)
             print(_text(outcome))
             print(f"({tally.ran} runs made, {tally.reused} reused)\n")
             sys.stdout.flush()

@@ -37,11 +37,15 @@ def _scalar(value: Any) -> Any:
 
 def export(runs: list[dict[str, Any]], path: Path) -> None:
     """Write ``runs`` to ``path``: ``.csv``, or ``.parquet`` (needs pyarrow)."""
-    rows = flatten(runs)
+    write_rows(flatten(runs), path, list(COLUMNS))
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> None:
+    """Write flat ``rows`` to ``path``: ``.csv``, or ``.parquet`` (needs pyarrow); ``columns`` when there are none."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(COLUMNS))
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else columns)
             writer.writeheader()
             writer.writerows(rows)
     elif suffix == ".parquet":

@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..cost import CostModel, load_profile
-from ..errors import PtshareError, ScenarioError
+from ..errors import PtshareError, ScenarioError, UsageError
 from ..scenario import RunResult, run
 from .base import Experiment, Outcome, RunSpec, scenario_hash, scenario_json
 from .db import ResultsDB
+from .executor import Executor, SerialExecutor
 from .progress import RunsBar
 
 
@@ -28,7 +29,7 @@ class Tally:
     reused: int = 0
 
 
-def run_key(exp: Experiment, spec: RunSpec, cost: CostModel) -> str:
+def run_key(exp: Measures, spec: RunSpec, cost: CostModel) -> str:
     """What identifies a run: two runs with the same key give the same metrics.  The model's
     source and the profile's values are part of it, so a changed model or a recalibrated profile
     of the same name never reuses a stale run."""
@@ -78,41 +79,102 @@ def execute(spec: RunSpec, cost: CostModel, progress: Callable[[int, int], None]
     try:
         return run(spec.scenario, spec.policy, cost=cost, progress=progress)
     except ScenarioError as exc:
-        raise ScenarioError(f"run {spec.label} ({spec.policy}): {exc.message}") from None
+        raise ScenarioError(f"run {spec.label} ({spec.policy}): {exc.message}", exc.file, exc.line) from None
+
+
+class Measures(Protocol):
+    """What keeps a run's metrics: an :class:`Experiment`, or a sweep's metrics.  Picklable, since a
+    cluster's workers call ``measure`` where the run was made."""
+
+    name: str
+    revision: int
+
+    def measure(self, spec: RunSpec, result: RunResult) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to make, with all a worker needs to make it and nothing of the database."""
+
+    key: str
+    spec: RunSpec
+    measures: Measures
+    cost: CostModel
+
+
+@dataclass(frozen=True)
+class Made:
+    """A finished run as a worker returns it: its metrics, its wall time, and what computed it."""
+
+    metrics: dict[str, Any]
+    wall_s: float
+    version: str
+    model: str
+
+
+def make_run(job: Job, progress: Callable[[int, int], None] | None = None) -> Made:
+    """Make ``job``'s run and keep its metrics: what a worker process does, or this one when serial."""
+    started = time.perf_counter()
+    result = execute(job.spec, job.cost, progress or _no_progress)
+    return Made(job.measures.measure(job.spec, result), time.perf_counter() - started, __version__,
+                model_fingerprint())
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+def make_runs(jobs: list[Job], db: ResultsDB, executor: Executor | None = None,
+              bar: str | None = None, progress: bool | None = None) -> tuple[dict[str, dict[str, Any]], Tally]:
+    """``{key: metrics}`` of every job: those ``db`` holds are reused, the others are made on ``executor``
+    (default: one after the other, here) and stored, each in a transaction of its own, as it finishes --
+    by this process only, so a run is stored once, whichever worker made it.  ``bar``: the progress bar's
+    label (drawn by default on a terminal)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    tally = Tally()
+    todo: dict[str, Job] = {}
+    for job in jobs:
+        if job.key in metrics or job.key in todo:
+            continue  # two points of one grid that are the same run
+        stored = db.metrics(job.key)
+        if stored is None:
+            todo[job.key] = job
+        else:
+            metrics[job.key] = stored
+            tally.reused += 1
+    runs = RunsBar(bar or "runs", len(todo), enabled=progress)
+    try:
+        for job, made in (executor or SerialExecutor()).map(make_run, list(todo.values()), runs):
+            if (made.version, made.model) != (__version__, model_fingerprint()):
+                raise UsageError(f"run {job.spec.label} was made by ptshare {made.version} (model {made.model}), "
+                                 f"not this ptshare {__version__} (model {model_fingerprint()}): install the "
+                                 "same ptshare on every worker")
+            db.put_run({"key": job.key, "experiment": job.measures.name, "label": job.spec.label,
+                        "scenario": job.spec.scenario.name, "scenario_hash": scenario_hash(job.spec.scenario),
+                        "scenario_json": scenario_json(job.spec.scenario), "policy": job.spec.policy,
+                        "backend": job.spec.backend, "params": job.spec.params, "profile": job.cost.name,
+                        "machine": job.cost.machine, "version": __version__, "metrics": made.metrics,
+                        "wall_s": made.wall_s})
+            metrics[job.key] = made.metrics
+            tally.ran += 1
+    finally:
+        runs.close()
+    return metrics, tally
 
 
 def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, cost: CostModel | None = None,
-                   progress: bool | None = None) -> tuple[Outcome, Tally]:
-    """Make every run ``exp`` plans for ``params`` that ``db`` does not hold yet, storing each one as
-    it finishes; then analyse them all.  ``progress``: draw a bar (default: on a terminal)."""
+                   progress: bool | None = None, executor: Executor | None = None) -> tuple[Outcome, Tally]:
+    """Make every run ``exp`` plans for ``params`` that ``db`` does not hold yet (on ``executor``; default
+    here, one after the other), storing each one as it finishes; then analyse them all.  ``progress``:
+    draw a bar (default: on a terminal)."""
     cost = cost or load_profile()
     specs = exp.plan(params)
     keys = {spec.label: run_key(exp, spec, cost) for spec in specs}
     record = db.start_experiment(exp.name, params, __version__, cost.name, keys)
-    bar = RunsBar(exp.name, len(specs), enabled=progress)
-    metrics: dict[str, dict[str, Any]] = {}
-    tally = Tally()
-    try:
-        for index, spec in enumerate(specs):
-            stored = db.metrics(keys[spec.label])
-            if stored is not None:
-                metrics[spec.label] = stored
-                tally.reused += 1
-                continue
-            started = time.perf_counter()
-            result = execute(spec, cost, bar.run(index, spec.label))
-            metrics[spec.label] = exp.measure(spec, result)
-            db.put_run({"key": keys[spec.label], "experiment": exp.name, "label": spec.label,
-                        "scenario": spec.scenario.name, "scenario_hash": scenario_hash(spec.scenario),
-                        "scenario_json": scenario_json(spec.scenario), "policy": spec.policy,
-                        "backend": spec.backend, "params": spec.params, "profile": cost.name,
-                        "machine": cost.machine, "version": __version__, "metrics": metrics[spec.label],
-                        "wall_s": time.perf_counter() - started})
-            tally.ran += 1
-    finally:
-        bar.close()
+    jobs = [Job(keys[spec.label], spec, exp, cost) for spec in specs]
+    metrics, tally = make_runs(jobs, db, executor, exp.name, progress)
     db.finish_experiment(record)
-    return exp.analyse(params, metrics), tally
+    return exp.analyse(params, {label: metrics[key] for label, key in keys.items()}), tally
 
 
 def analyse_stored(exp: Experiment, params: dict[str, Any], keys: dict[str, str],

@@ -31,8 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and compare the layouts it makes, as /proc/PID/maps shows them, with the simulator's, as well "
                    "as the counters")
     p.add_argument("--profile", help="a cost profile (TOML) for the predicted times; default: the shipped one")
+    p.add_argument("--times", action="store_true",
+                   help="also time every step on the host (CPU time, median of --time-runs interleaved runs, the "
+                   "worker's own part measured and subtracted) against the cost model's prediction")
+    p.add_argument("--time-tolerance", type=percentage, default=0.15, metavar="FRACTION",
+                   help="with --times: the largest median |error| per op kind that passes, as 0.15 or 15%% "
+                   "(default 15%%)")
+    p.add_argument("--time-runs", type=whole_number("--time-runs", 1), default=3, metavar="N",
+                   help="with --times: host runs of each scenario, whose median is compared (default 3)")
     p.add_argument("-o", "--output", help="write the report to this file instead of stdout")
     p.set_defaults(func=cmd_validate)
+
+
+def percentage(text: str) -> float:
+    """A tolerance: '0.15' or '15%'."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"takes a fraction such as 0.15 or a percentage such as 15%, not {text!r}")
+    return value
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -51,6 +70,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
             verdicts.append(validate.validate(scenario, cost, runs=args.runs, own_layout=args.own_layout))
     finally:
         progress.close()
+    times = None
+    if args.times:
+        from .times import time_scenarios
+
+        times = time_scenarios(scenarios, cost, runs=args.time_runs, tolerance=args.time_tolerance)
     text = validate.report_json(verdicts) if args.format == "json" else validate.report_text(verdicts, args.summary)
+    if times is not None:
+        text = _with_times(text, times, args.format)
     write_output(text, args.output)
-    return 0 if all(v.ok for v in verdicts) else 1
+    return 0 if all(v.ok for v in verdicts) and (times is None or times.ok) else 1
+
+
+def _with_times(text: str, times, fmt: str) -> str:
+    """The report with the times' report added (a "times" member of the JSON document)."""
+    import json
+
+    from .times import report_text
+
+    if fmt == "json":
+        doc = json.loads(text)
+        doc["times"] = times.to_json()
+        return json.dumps(doc, indent=1)
+    return text + "\n\n" + report_text(times)

@@ -8,7 +8,11 @@ fork, that is a fault ``getrusage()`` counts -- 15 to 30 of them after each fork
 otherwise, at random.  No Python runs between the two counts here: the code makes raw system
 calls, uses no stack, and writes only its data page, a ``MAP_SHARED`` page (fork does not
 write-protect shared pages) that the worker has faulted in before.  So every fault counted is
-one the scenario's own operation took.  The time is ``CLOCK_MONOTONIC`` around the same work.
+one the scenario's own operation took.  The time is taken around the same work, by
+``CLOCK_MONOTONIC`` (wall time), or by ``CLOCK_THREAD_CPUTIME_ID`` when ``$PTSHARE_HOST_CLOCK`` is
+``cpu`` (set by ``ptshare calibrate`` and ``ptshare validate --times``, and inherited by the
+workers): the CPU time the worker's thread spent, in the kernel and in the touch loop, which
+leaves out the time other processes held the CPU -- on a busy machine, most of a wall time.
 
 A fork is done the same way; the interpreter's fork bookkeeping is done as ``os.fork()`` does it,
 around the call and with the GIL held: ``PyOS_BeforeFork``, then ``PyOS_AfterFork_Parent`` or
@@ -22,12 +26,14 @@ space; the workers run with glibc's rseq registration turned off (``GLIBC_TUNABL
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import signal
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import syscalls
@@ -35,27 +41,49 @@ from .workspace import raw_array
 
 # The code of measure.s (objcopy -O binary -j .text, up to the end of `fork`).
 CODE = bytes.fromhex(
-    "b86200000031ff488d35f20f00000f05b8e4000000bf01000000488d35ff1000000f05488b051e110000488b3d1f1100"
-    "00488b3520110000488b15211100004c8b15221100004c8b05231100004c8b0d241100000f05488905e3100000b8e400"
-    "0000bf01000000488d35c21000000f05b86200000031ff488d35121000000f05488b05b9100000c3b86200000031ff48"
-    "8d356a0f00000f05b8e4000000bf01000000488d35771000000f05488b3dce100000488b0dcf100000488b35d0100000"
-    "48833dd81000000075104885c9741b0fb6074801f748ffc9ebf04885c9740bc607014801f748ffc9ebf0b8e4000000bf"
-    "01000000488d35351000000f05b86200000031ff488d35850f00000f0531c0c3b86200000031ff488d35e20e00000f05"
-    "b8e4000000bf01000000488d35ef0f00000f05488b3d46100000488b0d47100000488b155010000048833d5010000000"
-    "75154885c97425488b020fb604074883c20848ffc9ebeb4885c97410488b02c60407014883c20848ffc9ebebb8e40000"
-    "00bf01000000488d35a30f00000f05b86200000031ff488d35f30e00000f0531c0c3b86200000031ff488d35500e0000"
-    "0f05b8e4000000bf01000000488d355d0f00000f05b838000000488b3dd70f000031f631d24c8b15d40f00004531c00f"
-    "054885c07e31488905530f0000b8e4000000bf01000000488d35320f00000f05b86200000031ff488d35820e00000f05"
-    "488b05290f0000c3"
+    "b86200000031ff488d35f20f00000f05b8e40000008b3d9d110000488d35fe1000000f05488b051d110000488b3d1e11"
+    "0000488b351f110000488b15201100004c8b15211100004c8b05221100004c8b0d231100000f05488905e2100000b8e4"
+    "0000008b3d4f110000488d35c01000000f05b86200000031ff488d35101000000f05488b05b7100000c3b86200000031"
+    "ff488d35680f00000f05b8e40000008b3d13110000488d35741000000f05488b3dcb100000488b0dcc100000488b35cd"
+    "10000048833dd51000000075104885c9741b0fb6074801f748ffc9ebf04885c9740bc607014801f748ffc9ebf0b8e400"
+    "00008b3dc0100000488d35311000000f05b86200000031ff488d35810f00000f0531c0c3b86200000031ff488d35de0e"
+    "00000f05b8e40000008b3d89100000488d35ea0f00000f05488b3d41100000488b0d42100000488b154b10000048833d"
+    "4b1000000075154885c97425488b020fb604074883c20848ffc9ebeb4885c97410488b02c60407014883c20848ffc9eb"
+    "ebb8e40000008b3d2c100000488d359d0f00000f05b86200000031ff488d35ed0e00000f0531c0c3b86200000031ff48"
+    "8d354a0e00000f05b8e40000008b3df50f0000488d35560f00000f05b838000000488b3dd00f000031f631d24c8b15cd"
+    "0f00004531c00f054885c07e324889054c0f0000b8e40000008b3db90f0000488d352a0f00000f05b86200000031ff48"
+    "8d357a0e00000f05488b05210f0000c3"
 )
-ENTRIES = {"do_syscall": 0x0, "touch_strided": 0x88, "touch_listed": 0x110, "fork": 0x1A2}
+ENTRIES = {"do_syscall": 0x0, "touch_strided": 0x8A, "touch_listed": 0x114, "fork": 0x1A8}
 # The data page, as 64-bit words (measure.s `data:`): struct rusage before (0..17), after (18..35),
 # timespec t0 (36, 37) and t1 (38, 39), then the arguments.
 _RU_MINFLT, _RU_MAJFLT = 8, 9
 _BEFORE, _AFTER, _T0, _T1 = 0, 18, 36, 38
-RESULT, NR, ARGS, BASE, COUNT, STRIDE, OFFSETS, WRITE, CLONE_FLAGS, CHILD_TID = 40, 41, 42, 48, 49, 50, 51, 52, 53, 54
+RESULT, NR, ARGS, BASE, COUNT, STRIDE, OFFSETS, WRITE = 40, 41, 42, 48, 49, 50, 51, 52
+CLONE_FLAGS, CHILD_TID, CLOCK = 53, 54, 55
 
 SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_MREMAP, SYS_MADVISE = 9, 10, 11, 25, 28
+CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID = 1, 3
+CLOCK_ENV = "PTSHARE_HOST_CLOCK"  # "cpu": measured calls are timed by the thread's CPU time
+
+
+@contextlib.contextmanager
+def cpu_clock() -> Iterator[None]:
+    """Inside, measured calls of workers started from here are timed by CPU time."""
+    saved = os.environ.get(CLOCK_ENV)
+    os.environ[CLOCK_ENV] = "cpu"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[CLOCK_ENV]
+        else:
+            os.environ[CLOCK_ENV] = saved
+
+
+def clock_id() -> int:
+    """The clock measured calls read: see the module docstring."""
+    return CLOCK_THREAD_CPUTIME_ID if os.environ.get(CLOCK_ENV) == "cpu" else CLOCK_MONOTONIC
 CLONE_CHILD_SETTID = 0x01000000
 _NAMES = {SYS_MMAP: "mmap", SYS_MPROTECT: "mprotect", SYS_MUNMAP: "munmap", SYS_MREMAP: "mremap",
           SYS_MADVISE: "madvise"}
@@ -88,6 +116,7 @@ class Meter:
         ctypes.memmove(self._page, CODE, len(CODE))
         syscalls.mprotect(self._page, 4096, syscalls.PROT_READ | syscalls.PROT_EXEC)
         self.data = raw_array(self._page + 4096, 512, 8, "<i8")
+        self.data[CLOCK] = clock_id()
         # PYFUNCTYPE: the calls keep the GIL (there is no other thread), as os.fork() does.
         proto = ctypes.PYFUNCTYPE(ctypes.c_long)
         self._call = {name: proto(self._page + offset) for name, offset in ENTRIES.items()}

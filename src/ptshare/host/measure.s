@@ -17,15 +17,15 @@ code:
     xor edi, edi
     lea rsi, [rip + before]
     syscall
-    mov eax, 228                # clock_gettime(CLOCK_MONOTONIC, &t0)
-    mov edi, 1
+    mov eax, 228                # clock_gettime(clock, &t0): CLOCK_MONOTONIC or CLOCK_THREAD_CPUTIME_ID
+    mov edi, dword ptr [rip + clock]
     lea rsi, [rip + t0]
     syscall
 .endm
 
 .macro END
-    mov eax, 228                # clock_gettime(CLOCK_MONOTONIC, &t1)
-    mov edi, 1
+    mov eax, 228                # clock_gettime(clock, &t1)
+    mov edi, dword ptr [rip + clock]
     lea rsi, [rip + t1]
     syscall
     mov eax, 98                 # getrusage(RUSAGE_SELF, &after)
@@ -129,3 +129,4 @@ offsets:     .zero 8
 write:       .zero 8
 clone_flags: .zero 8
 child_tid:   .zero 8
+clock:       .zero 8            # the clock t0 and t1 are read from

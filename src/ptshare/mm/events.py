@@ -25,6 +25,8 @@ EVENTS: dict[str, str] = {
     "page_alloc": "4 KiB data frames allocated (anonymous, page cache, copies)",
     "hpage_alloc": "2 MiB hugetlb folios allocated",
     "page_zeroed": "4 KiB frames cleared or copied on allocation",
+    "accesses": "memory accesses made by touches, faulting or not: what each costs beyond a fault (a TLB miss and "
+                "a page walk, a cache miss)",
     # fork
     "fork": "fork() calls",
     "ptes_copied": "PTEs copied by copy_pte_range at fork",

@@ -40,15 +40,22 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "touch": (("pid", "vma"), ("access", "offset", "length", "pattern", "count", "seed", "zipf_s", "stride")),
     "truncate": (("object", "size"), ()),
 }
-COMMON = ("op", "repeat")
+COMMON = ("op", "repeat", "name")
 ACCESSES = ("read", "write")
 PATTERNS = ("sequential", "random", "zipf")
 ZIPF_S_MAX = 10  # the largest zipf exponent a touch takes
 ADVICE = ("dontneed",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:{}\-]+$")
+_STEP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")  # never a number, so steps.N and steps.NAME never clash
 _SIZE_FIELDS = ("size", "offset", "length", "addr", "align", "stride")
 _BOOL_FIELDS = ("shared", "fixed")
 _INT_FIELDS = ("count", "seed")
+
+
+def fields_of(op: str) -> tuple[str, ...]:
+    """The fields a step ``op`` takes that change what it does: its own, then ``repeat`` (not its ``name``)."""
+    required, optional = _FIELDS[op]
+    return (*required, *optional, "repeat")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class Step:
     line: int | None = None
     keylines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     file: str | None = field(default=None, compare=False, repr=False)  # the scenario file, for errors
+    name: str | None = None  # the step's own name, unique in its scenario (sweeps address it as steps.NAME)
 
     def expand(self) -> list[dict[str, Any]]:
         """The concrete steps: ``{i}`` substituted and sizes parsed."""
@@ -206,14 +214,17 @@ class Scenario:
              **fields: Any) -> None:
         keylines = keylines or {}
         repeat = fields.pop("repeat", 1)
+        name = fields.pop("name", None)
         if op not in OPS:
             raise _fail(f"unknown op {op!r}; ops are: {', '.join(OPS)}", self.path, keylines.get("op", line))
         required, optional = _FIELDS[op]
         for key in fields:
             if key not in required and key not in optional:
-                allowed = ", ".join((*required, *optional, "repeat"))
+                allowed = ", ".join((*fields_of(op), "name"))
                 raise _fail(f"op {op!r} has no field {key!r}; its fields are: {allowed}", self.path,
                             keylines.get(key, line))
+        if name is not None:
+            self._check_step_name(name, keylines.get("name", line))
         for key in required:
             if key not in fields:
                 raise _fail(f"op {op!r} needs a {key!r} field", self.path, line)
@@ -239,7 +250,14 @@ class Scenario:
         if op == "truncate" and not any(o.name == clean["object"] for o in self.objects):
             raise _fail(f"truncate names object {clean['object']!r}, which is not declared in [[objects]]",
                         self.path, step.where("object"))
-        self.steps.append(Step(op, len(self.steps), clean, repeat, line, dict(keylines), self.path))
+        self.steps.append(Step(op, len(self.steps), clean, repeat, line, dict(keylines), self.path, name))
+
+    def _check_step_name(self, name: Any, line: int | None) -> None:
+        if not isinstance(name, str) or not _STEP_NAME_RE.match(name):
+            raise _fail(f"name = {name!r}: a step's name starts with a letter or _ and holds letters, digits, "
+                        "_ and - (no {i}: a repeated step is one step)", self.path, line)
+        if any(s.name == name for s in self.steps):
+            raise _fail(f"two steps are named {name!r}; every step name must be unique", self.path, line)
 
     @property
     def nr_operations(self) -> int:

@@ -34,9 +34,11 @@ def _policy_table(doc: dict) -> str:
                      int(statistics.median(warm)) if warm else 0])
     head = ["policy", "PageTables kB", "saved kB", "VmPTE sum kB", "shared kB", "fork: PTEs copied",
             "fork: est. time", "warm-up faults"]
+    profile = doc["cost_profile"]
     return ("Page tables of the snapshot's processes (PageTables includes their PGDs); fork and warm-up are\n"
             "per process, summed (fork) or the median (warm-up: faults of a new process reading the same\n"
-            "page-cache pages)\n" + table(head, rows, "lrrrrrrr"))
+            f"page-cache pages); times from the cost profile {profile['name']!r}, measured on {profile['machine']}\n"
+            + table(head, rows, "lrrrrrrr"))
 
 
 def _summary(doc: dict) -> list[str]:

@@ -134,6 +134,7 @@ def whatif(snapshot: Snapshot, policies: list[str], cost: CostModel, source: str
         "schema": SCHEMA,
         "snapshot": _snapshot_info(snapshot, source),
         "policies": names,
+        "cost_profile": {"name": cost.name, "machine": cost.machine},
         "processes": _processes(snapshot, runs),
         "system": _system(snapshot, runs, no_share),
         "warnings": sorted(set(runs[BASELINE].warnings)),
