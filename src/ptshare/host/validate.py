@@ -13,7 +13,14 @@ vmpte_kb                  VmPTE                            VmPTE                
 rss_kb (and its anon,     VmRSS (RssAnon, RssFile,         RSS (anon, file, shmem)       0
 file and shmem parts)     RssShmem)
 alive                     the process still runs           the same                      equal
+layout                    its VMAs in /proc/PID/maps       its VMAs                      equal
+signal (a killed one)     signal and si_addr of the bad    signal and address of the     equal
+                          access, made in a traced copy    access it kills at
+                          (:mod:`.probe`)
 ========================  ===============================  ============================  =========
+
+With ``own_layout`` the kernel chooses every address on the host and the simulator predicts them
+(:func:`_simulate_own_layout`); the same table is compared, the layouts at the kernel's addresses.
 
 The tolerances are zero because the measurement has no noise floor: faults are counted by
 machine code around each operation (:mod:`.measure`), and the interpreter's page tables and RSS
