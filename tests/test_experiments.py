@@ -127,8 +127,8 @@ def test_database_steady_state(outcomes):
         assert f"{g:+.1f}% with {n}" in o.sentences[3]
         us = o.facts[f"steady_us_per_txn@{n}"]
         assert g == pytest.approx(100 * (us["linux"] / us["shared-pt"] - 1))
-    linux_dram = series(o, 4, f"{LABELS['linux']}: DRAM").y
-    shared_dram = series(o, 4, f"{LABELS['shared-pt']}: DRAM").y
+    linux_dram = series(o, 4, f"{label('linux')}: DRAM").y
+    shared_dram = series(o, 4, f"{label('shared-pt')}: DRAM").y
     assert all(s <= li for s, li in zip(shared_dram, linux_dram, strict=True))
 
 def test_aslr_claims(outcomes):

@@ -72,13 +72,17 @@ class System:
 
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
                  aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
-                 check: bool = False, translation: bool | dict = False) -> None:
+                 task_size: int | None = None, check: bool = False, translation: bool | dict = False) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
             raise SimulationError(f"aslr_bits must be between 0 and 32, not {aslr_bits}")
         self.k = Kernel(geometry(levels), self.policy, mem, cpus, aslr_bits, seed)
         self.fixed_mmap_base = None if mmap_base is None else _size(mmap_base, "mmap_base")
+        if task_size is not None:  # an address space whose top is taken (the host's own-layout runs)
+            if not 0 < task_size <= self.k.geom.task_size:
+                raise SimulationError(f"task_size {task_size:#x} is not inside the user address space")
+            self.k.task_size = task_size
         self.check = check
         if check:
             self.k.read_log = []
@@ -224,12 +228,13 @@ class System:
 
     def _mmap_aligned(self, task: Task, length: int, flags: int, obj, off: int, shared: bool, hint: int,
                       alignment: int) -> int:
-        """Map ``length`` bytes at an ``alignment`` boundary: map more, then unmap the excess
-        (what a program does to get an aligned mapping from a plain mmap)."""
+        """Map ``length`` bytes at an ``alignment`` boundary as a program gets one from plain mmap
+        calls: reserve ``length + alignment`` bytes of inaccessible private memory where the
+        kernel chooses, unmap the reservation, and map at the first aligned address in it."""
         k = self.k
         if obj is not None and obj.is_hugetlb:
             alignment = max(alignment, k.geom.hpage_size)
-        addr = _mmap.get_unmapped_area(k, task.mm, hint, length + alignment, off >> 12, obj, shared)
+        addr = _mmap.get_unmapped_area(k, task.mm, hint, length + alignment, 0, None, False)
         start = -(-addr // alignment) * alignment
         _mmap.do_mmap(k, task.mm, length, flags, obj=obj, offset=off, shared=shared, addr=start, fixed=True)
         return start

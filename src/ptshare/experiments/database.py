@@ -244,7 +244,7 @@ class Database(Experiment):
             facts[f"steady_us_per_txn@{n}"] = {p: per_txn[p][i] for p in per_txn}
         series = []
         for p in params["ibm_policies"]:
-            name = LABELS.get(p, p)
+            name = label(p)
             series += [Series(f"{name}: LLC", ns, walks[p][0]), Series(f"{name}: DRAM", ns, walks[p][1], "dashed")]
         gains = [facts[f"steady_gain_pct@{n}"] for n in ns]
         return [

@@ -20,7 +20,9 @@ Checked:
   explicit frames, and their pages are counted once per table, not per user;
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
-* the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included).
+* the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
+* the VMA invariants of :mod:`.vma_checks` (order, anon_vma chains, anonymous pages only in VMAs
+  with an anon_vma).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ..mm.frames import PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.pagewalk import PMD, PTE, PUD
 from ..mm.pgtable import COW
 from ..mm.vma import VM_WRITE
+from .vma_checks import check_vmas
 
 if TYPE_CHECKING:
     from ..mm.kernel import Kernel
@@ -119,6 +122,7 @@ def check(system: System) -> None:
         _check_entries(k, name, walk, mapcount, counted)
         _check_counts(k, name, walk)
         _check_shareable(k, name, walk, keys)
+        check_vmas(k, name, walk.mm, walk.ptes)
     _check_frames(k, mapcount, cache_owner)
     _check_shared(k, walks)
     _check_storage(k)
