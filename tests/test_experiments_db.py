@@ -18,7 +18,7 @@ QUICK_RUNS = sum(len(e.plan(e.params(quick=True))) for e in EXPERIMENTS.values()
 
 
 def _ptshare(*argv: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with the test's $PTSHARE_DB / $XDG_DATA_HOME
     return subprocess.Popen([sys.executable, "-m", "ptshare", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
@@ -42,9 +42,11 @@ def _wait_for_rows(proc: subprocess.Popen, path, n: int, limit: float = 120) -> 
     pytest.fail(f"the run ended or stalled before storing {n} runs: {proc.poll()}")
 
 
-def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path):
+def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
-    db = out / "results.db"
+    monkeypatch.delenv("PTSHARE_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    db = tmp_path / "data" / "ptshare" / "results.db"  # the one default, that of every command
     proc = _ptshare("demo", "--quick", "--out", str(out))
     _wait_for_rows(proc, db, QUICK_RUNS // 3)
     proc.send_signal(signal.SIGKILL)
@@ -63,6 +65,8 @@ def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1] == str(out / "report.html")
+    assert stdout.strip().splitlines()[-2] == (f"The runs are stored in {db}: 'ptshare results' lists them and "
+                                               "'ptshare report' writes the report again from them.")
     reused = sum(int(line.split(", ")[1].split()[0]) for line in stdout.splitlines() if line.endswith("reused)"))
     assert reused == kept[0], "the re-run reuses every stored run and makes only the missing ones"
     with ResultsDB(db) as results:
@@ -70,6 +74,15 @@ def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path
     html = (out / "report.html").read_text()
     assert html.count("<figure") == len(EXPERIMENTS) and "Incomplete" not in html
     assert len(list((out / "figures").glob("*.png"))) == len(EXPERIMENTS)
+
+    # the follow-up commands find the demo's runs without being told where they are
+    capsys.readouterr()
+    assert main(["results"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{QUICK_RUNS} runs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    assert capsys.readouterr().out.strip() == "ptshare-report/report.html"
+    assert (tmp_path / "ptshare-report" / "report.html").read_text().count("<figure") == len(EXPERIMENTS)
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_finished_runs(tmp_path):

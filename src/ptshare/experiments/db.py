@@ -1,7 +1,8 @@
 """The results database: every run an experiment makes, in one SQLite file.
 
 Where it is: ``--db PATH``; else ``$PTSHARE_DB``; else ``$XDG_DATA_HOME/ptshare/results.db``
-(``~/.local/share/ptshare/results.db``).  ``ptshare demo`` keeps its own, ``DIR/results.db``.
+(``~/.local/share/ptshare/results.db``), for every command: ``ptshare demo`` too, so that
+``ptshare results`` and ``ptshare report`` find what it ran.
 
 Each run is one row, written in a transaction of its own as soon as the run finishes, so an
 interrupted experiment loses only the run it was in.  A run is identified by ``key``, a hash of
