@@ -1,8 +1,15 @@
 """The experiments: every sentence's claim checked against the data its figure draws (at quick sizes)."""
 
+import contextlib
+import fcntl
+import io
 import itertools
 import json
+import os
 import re
+import struct
+import termios
+import time
 
 import pytest
 
@@ -221,22 +228,68 @@ def test_a_file_that_is_not_a_database(tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot be used as a ptshare results database" in err
 
 
-def test_progress_bar_moves_inside_runs_and_is_erased():
-    import io
+@contextlib.contextmanager
+def terminal(columns: int):
+    """A pseudo-terminal ``columns`` wide: (the stream a program writes to, a function that returns
+    what has been written to it so far)."""
+    main_fd, sub_fd = os.openpty()
+    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    os.set_blocking(main_fd, False)
+    stream = open(sub_fd, "w")  # noqa: SIM115 -- closed below
 
+    def written() -> str:
+        stream.flush()
+        out = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(main_fd, 65536):
+                out += chunk
+        return out.decode()
+
+    try:
+        yield stream, written
+    finally:
+        stream.close()
+        os.close(main_fd)
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_progress_bar_fits_the_terminal_moves_inside_runs_and_is_erased(columns):
     from ptshare.experiments.progress import RunsBar
 
-    stream = io.StringIO()
-    bar = RunsBar("database", 4, stream=stream, delay=0, enabled=True)
-    step = bar.run(2, "churn:linux")
-    bar.bar._last = 0.0
-    step(1, 2)
-    drawn = stream.getvalue().split("\r")[-1]
-    assert drawn.startswith("database [###############.........] run 3/4 churn:linux")
+    with terminal(columns) as (stream, written):
+        bar = RunsBar("fork-vs-segment", 4, stream=stream, delay=0)
+        step = bar.run(2, "shared-pt-2005@16GiB-with-a-long-name")
+        for done in (1, 2):
+            time.sleep(0.15)  # a bar is redrawn at most ten times a second
+            step(done, 2)
+        drawn = [line for line in written().split("\r") if line.strip()]
+        bar.close()
+        erased = written()
+    assert drawn and all(len(line) < columns for line in drawn), drawn
+    assert drawn[-1].startswith("fork-vs-segment |")
+    if columns >= 80:
+        assert drawn[-1].startswith("fork-vs-segment |#") and "run 3/4 shared-pt-2005@16GiB" in drawn[-1]
+    if columns >= 200:
+        assert len(drawn[-1]) > 150  # the bar grows to fill the line
+    assert erased.startswith("\r") and erased.endswith("\r") and not erased.strip()
+
+
+def test_progress_off_a_terminal_is_one_line_per_finished_run():
+    from ptshare.experiments.progress import RunsBar
+
+    piped = io.StringIO()
+    bar = RunsBar("aslr", 2, stream=piped)
+    first = bar.run(0, "v0@0")
+    first(1, 3)
+    first(3, 3)
+    first(1, 1)  # reported once
+    bar.run(1, "v0@8")(1, 1)
     bar.close()
-    assert stream.getvalue().endswith("\r" + " " * 100 + "\r")
+    lines = piped.getvalue().splitlines()
+    assert [line.rsplit(" in ", 1)[0] for line in lines] == ["aslr: run 1/2 v0@0 done", "aslr: run 2/2 v0@8 done"]
+    assert all(re.fullmatch(r"\d+\.\d s", line.rsplit(" in ", 1)[1]) for line in lines)
     quiet = io.StringIO()
-    silent = RunsBar("x", 1, stream=quiet)  # not a terminal: nothing drawn
+    silent = RunsBar("x", 1, stream=quiet, enabled=False)
     silent.run(0, "a")(1, 1)
     silent.close()
     assert quiet.getvalue() == ""

@@ -84,7 +84,8 @@ def execute(spec: RunSpec, cost: CostModel, progress: Callable[[int, int], None]
 def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, cost: CostModel | None = None,
                    progress: bool | None = None) -> tuple[Outcome, Tally]:
     """Make every run ``exp`` plans for ``params`` that ``db`` does not hold yet, storing each one as
-    it finishes; then analyse them all.  ``progress``: draw a bar (default: on a terminal)."""
+    it finishes; then analyse them all.  ``progress``: True draws a bar, False shows nothing, None (the
+    default) draws a bar on a terminal and prints a line per finished run elsewhere."""
     cost = cost or load_profile()
     specs = exp.plan(params)
     keys = {spec.label: run_key(exp, spec, cost) for spec in specs}
@@ -100,7 +101,8 @@ def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, co
                 tally.reused += 1
                 continue
             started = time.perf_counter()
-            result = execute(spec, cost, bar.run(index, spec.label))
+            step = bar.run(index, spec.label)
+            result = execute(spec, cost, step)
             metrics[spec.label] = exp.measure(spec, result)
             db.put_run({"key": keys[spec.label], "experiment": exp.name, "label": spec.label,
                         "scenario": spec.scenario.name, "scenario_hash": scenario_hash(spec.scenario),
@@ -109,6 +111,7 @@ def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, co
                         "machine": cost.machine, "version": __version__, "metrics": metrics[spec.label],
                         "wall_s": time.perf_counter() - started})
             tally.ran += 1
+            step(1, 1)  # finished (a host run reports no steps)
     finally:
         bar.close()
     db.finish_experiment(record)
