@@ -293,3 +293,20 @@ def test_progress_off_a_terminal_is_one_line_per_finished_run():
     silent.run(0, "a")(1, 1)
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_counts_agree_in_number_and_carry_separators():
+    from ptshare.experiments.base import count
+
+    assert count(1, "all-CPU TLB flush") == "1 all-CPU TLB flush"
+    assert count(0, "all-CPU TLB flush") == "0 all-CPU TLB flushes"
+    assert count(2048, "table") == "2,048 tables"
+    assert count(3, "process", "processes") == "3 processes"
+
+
+def test_sentences_write_numbers_as_people_read_them(outcomes):
+    for name, o in outcomes.items():
+        for text in [*o.sentences, *o.notes, o.figure.caption]:
+            assert not re.search(r"\b1 [^,;.()]*(flushes|tables|processes|faults|agents)\b", text), (name, text)
+            bare = set(re.findall(r"(?<![\d.,])\d{4,}(?![\d,])", text)) - {"2005", "2006"}  # years
+            assert not bare, (name, bare, text)

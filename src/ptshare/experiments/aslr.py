@@ -94,7 +94,7 @@ class Aslr(Experiment):
                       vlines=[("Linux x86-64 default", LINUX_BITS)] if bits[0] <= LINUX_BITS <= bits[-1] else [])
         figure = Figure(self.name, [panel], "Share rate: the processes after the first that use a page table "
                         "another process allocated.")
-        rows = [[b, *(f"{r[i]:.0f}%" for r in rates)] for i, b in enumerate(bits)]
+        rows = [[b, *(f"{r[i]:,.0f}%" for r in rates)] for i, b in enumerate(bits)]
         headers = ["bits", *(v[0] for v in VARIANTS)]
         return self.outcome(params, figure, Table(headers, rows), self._sentences(params, facts), facts)
 
@@ -108,13 +108,13 @@ class Aslr(Experiment):
             return f"fewer than half share from {b} bits on"
 
         low = facts["v4_min"]
-        aligned = f"{low:.0f}%" if low == 100 else f"at least {low:.0f}%"
+        aligned = f"{low:,.0f}%" if low == 100 else f"at least {low:,.0f}%"
         return [
             f"Shared page tables need the same virtual address in every process: placed by the kernel, "
-            f"{facts['v0_first']:.0f}% of {facts['processes']} unrelated processes share at {bits[0]} bits of "
-            f"randomisation and {facts['v0_last']:.0f}% at {bits[-1]}; {fall(0)}.",
+            f"{facts['v0_first']:,.0f}% of {facts['processes']:,} unrelated processes share at {bits[0]} bits of "
+            f"randomisation and {facts['v0_last']:,.0f}% at {bits[-1]}; {fall(0)}.",
             f"Aligning the segment trades randomisation for sharing: 2 MiB-aligned, {fall(1)}; 1 GiB-aligned, "
-            f"{fall(2)} ({facts['v2_last']:.0f}% at {bits[-1]} bits).",
+            f"{fall(2)} ({facts['v2_last']:,.0f}% at {bits[-1]} bits).",
             f"hugetlb PMD sharing only needs the same position inside the 1 GiB window: placed by the kernel, "
-            f"{facts['v3_last']:.0f}% share at {bits[-1]} bits; 1 GiB-aligned, {aligned} at every number of bits.",
+            f"{facts['v3_last']:,.0f}% share at {bits[-1]} bits; 1 GiB-aligned, {aligned} at every number of bits.",
         ]

@@ -195,6 +195,15 @@ def sig(x: float, digits: int = 3) -> str:
     return f"{x:,.{decimals}f}"
 
 
+def count(n: int, thing: str, things: str | None = None) -> str:
+    """``1 all-CPU TLB flush``, ``2,048 all-CPU TLB flushes``: ``n`` with separators, and ``thing``
+    in the singular or the plural (``things``; default: ``thing`` + ``s``, or ``es`` after s, x, ch, sh)."""
+    if n == 1:
+        return f"1 {thing}"
+    plural = things or thing + ("es" if thing.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{n:,} {plural}"
+
+
 def and_list(items: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli.helptext import RawDescriptionHelpFormatter
 from ..cli.output import check_output
 from ..errors import UsageError
 from .db import ResultsDB, default_path
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run one experiment: a figure, a table and what they show",
                        description="Runs the experiment's simulator runs (reusing those already in the database), "
                        "stores each as it finishes, and prints its table and findings.",
-                       epilog=_parameters(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_parameters(), formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--db", help=DB_HELP)

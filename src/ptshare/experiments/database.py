@@ -25,6 +25,7 @@ from .base import (
     Series,
     Table,
     and_list,
+    count,
     crossing,
     gib_bytes,
     gib_text,
@@ -174,7 +175,8 @@ class Database(Experiment):
                 for p in policies]
         table = Table(["policy", "peak PageTables (MiB)", "faults per transaction", "est. µs per transaction"], rows)
         return self.outcome(params, figure, table, self._sentences(params, facts), facts,
-                            [f"IBM-like run, {n} agents: {f:.2f} GB freed" for n, f in zip(agents, freed, strict=True)])
+                            [f"IBM-like run, {n:,} agents: {f:,.2f} GB freed"
+                             for n, f in zip(agents, freed, strict=True)])
 
     def _sentences(self, params: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         policies = params["policies"]
@@ -184,13 +186,13 @@ class Database(Experiment):
                         f"{WORDS.get(p, p)}" for p in policies])
         unshare = ""
         if "shared-pt" in policies and facts["shared-pt_unshared"]:
-            unshare = (f" (shared page tables spend {facts['shared-pt_exit_pct']:.0f}% of their time in exits, which "
-                       f"unshared {facts['shared-pt_unshared']:,} tables with {facts['shared-pt_flushes_all']:,} "
-                       "all-CPU TLB flushes)")
+            unshare = (f" (shared page tables spend {facts['shared-pt_exit_pct']:,.0f}% of their time in exits, which "
+                       f"unshared {count(facts['shared-pt_unshared'], 'table')} with "
+                       f"{count(facts['shared-pt_flushes_all'], 'all-CPU TLB flush')})")
         agents, pool = params["ibm_agents"], gib_text(params["ibm_pool_gib"])
         at14 = facts["ibm_agents_for_14gb"]
-        reach = (f"the saving passes 14 GB at about {at14:.0f} agents" if at14 is not None
-                 else f"the saving stays under 14 GB up to {agents[-1]} agents")
+        reach = (f"the saving passes 14 GB at about {at14:,.0f} agents" if at14 is not None
+                 else f"the saving stays under 14 GB up to {agents[-1]:,} agents")
         return [
             f"With {n} backends over a {gib_text(params['pool_gib'])} buffer pool, {params['group_size']} of them "
             f"replaced after every round, page tables peak at {peaks}.",
@@ -198,6 +200,6 @@ class Database(Experiment):
             f"{per}; cheapest under {WORDS.get(facts['cheapest'], facts['cheapest'])}{unshare}.",
             f"In an IBM-2006-like configuration ({pool} buffer pool on a {gib_text(params['ibm_memory_gib'])} "
             f"machine, every agent having read all of it), shared page tables free {sig(facts['ibm_freed_gb'])} GB "
-            f"of the {sig(facts['ibm_linux_gb'])} GB of page tables with {agents[-1]} agents (IBM reported over "
+            f"of the {sig(facts['ibm_linux_gb'])} GB of page tables with {agents[-1]:,} agents (IBM reported over "
             f"14 GB); {reach}.",
         ]

@@ -101,18 +101,18 @@ class ForkVsSegment(Experiment):
         headers = ["segment", *(f"{p} (ms)" for p in params["policies"]), "PTEs copied (eager)",
                    *(["host kernel (ms)"] if host else [])]
         sentences = [
-            f"Eager copy makes fork grow with the segment: {facts['eager_ms_per_100mb']:.2f} ms per 100 MB, "
-            f"{facts['eager_ms_top']:.1f} ms at {gib_text(top)}; the 2005 report measured about "
+            f"Eager copy makes fork grow with the segment: {facts['eager_ms_per_100mb']:,.2f} ms per 100 MB, "
+            f"{facts['eager_ms_top']:,.1f} ms at {gib_text(top)}; the 2005 report measured about "
             f"{PUBLISHED_MS_PER_100MB:g} ms per 100 MB.",
             f"The gap is the hardware, not the mechanism: the cost model charges this machine's "
-            f"{facts['eager_ns_per_pte']:.0f} ns per PTE copied (table allocation included), while 23 ms per "
-            f"100 MB is {facts['published_ns_per_pte']:.0f} ns per PTE, {facts['hardware_ratio']:.0f} times more, "
+            f"{facts['eager_ns_per_pte']:,.0f} ns per PTE copied (table allocation included), while 23 ms per "
+            f"100 MB is {facts['published_ns_per_pte']:,.0f} ns per PTE, {facts['hardware_ratio']:,.0f} times more, "
             f"on 2005 hardware.",
             self._flat_sentence(params, facts),
         ]
         if host:
-            sentences.append(f"This machine's kernel forked in {facts['host_ms_min']:.2f} to "
-                             f"{facts['host_ms_max']:.2f} ms from {gib_text(host[0][0])} to "
+            sentences.append(f"This machine's kernel forked in {facts['host_ms_min']:,.2f} to "
+                             f"{facts['host_ms_max']:,.2f} ms from {gib_text(host[0][0])} to "
                              f"{gib_text(host[-1][0])} (measured, the interpreter's own memory included).")
         return self.outcome(params, figure, Table(headers, rows), sentences, facts)
 
@@ -153,5 +153,5 @@ class ForkVsSegment(Experiment):
                          f"its fixed cost of forking a process that has nothing else mapped)")
         if "shared-pt" in params["policies"]:
             parts.append(f"shared page tables attach the parent's {facts['tables_shared_top']:,} PTE tables "
-                         f"instead, {facts['shared-pt_ms_max']:.2f} ms at {top}")
+                         f"instead, {facts['shared-pt_ms_max']:,.2f} ms at {top}")
         return "; ".join(parts) + "." if parts else ""

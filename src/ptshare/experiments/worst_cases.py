@@ -87,7 +87,7 @@ class WorstCases(Experiment):
 
     def _sentences(self, params: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         full = params["scale"] == 1
-        versus = (f", {abs(facts['sga_vs_mshare_pct']):.1f}% {'over' if facts['sga_vs_mshare_pct'] > 0 else 'under'} "
+        versus = (f", {abs(facts['sga_vs_mshare_pct']):,.1f}% {'over' if facts['sga_vs_mshare_pct'] > 0 else 'under'} "
                   "mshare's about 878 GiB of PTEs (written 878 GB, computed in powers of 2)" if full else "")
         out = [f"A {sig(facts['sga_gib'])} GiB SGA read by {facts['sga_processes']:,} processes needs "
                f"{sig(facts['sga_linux_gib'])} GiB of page tables under Linux 6.18{versus}."]
