@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
-from .base import Outcome, Table, sig
+from .base import Figure, Outcome, Table, coincidence_note, sig
 from .db import ExperimentRecord, ResultsDB
 from .params import as_options
 from .progress import RunsBar
@@ -129,13 +129,18 @@ def _section(s: Section, db: ResultsDB) -> str:
     return "\n".join([
         head,
         "<ul>" + "".join(f"<li>{escape(t)}</li>" for t in o.sentences) + "</ul>",
-        f'<figure aria-label="{escape(o.figure.name)}">{s.svg}<figcaption>{escape(o.figure.caption)}</figcaption>'
+        f'<figure aria-label="{escape(o.figure.name)}">{s.svg}<figcaption>{escape(caption(o.figure))}</figcaption>'
         "</figure>",
         _table(o.table),
         f'<p class="meta">{total} runs, started {escape(s.record.started)}; parameters: {escape(params)}.</p>',
         f'<ul class="notes">{notes}</ul>' if notes else "",
         "</section>",
     ])
+
+
+def caption(figure: Figure) -> str:
+    """The figure's caption, and which of its lines are drawn apart because they coincide."""
+    return " ".join(filter(None, [figure.caption, coincidence_note(figure)]))
 
 
 def _value(v: Any) -> str:

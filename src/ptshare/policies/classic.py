@@ -17,6 +17,8 @@ class LinuxNoPmdShare(Policy):
     name = "linux-no-pmd-share"
     kernel = "Linux 6.18, hugetlb PMD sharing off"
     summary = "as linux, but every process has its own PMD tables for hugetlb mappings"
+    color = "#ff7f0e"
+    marker = "v"
     hugetlb_pmd_share = False
 
 
@@ -26,6 +28,8 @@ class Eager(Policy):
     name = "eager"
     kernel = "Linux <= 2.6.13"
     summary = "copy the page tables of every VMA at fork; no fault-around; no hugetlb PMD sharing"
+    color = "#1f77b4"
+    marker = "o"
     fault_around_pages = 1
     hugetlb_pmd_share = False
 
@@ -43,6 +47,8 @@ class Lazy(Policy):
     name = "lazy"
     kernel = "Linux 2.6.14"
     summary = "skip page tables at fork unless the VMA has anon_vma or is hugetlb; no fault-around"
+    color = "#d62728"
+    marker = "s"
     fault_around_pages = 1
     hugetlb_pmd_share = False
 

@@ -30,6 +30,8 @@ class SharedPT(Policy):
     name = "shared-pt"
     kernel = "McCracken 2006 (simple shared page tables) on Linux 6.18"
     summary = "as linux, plus PTE tables of shared file mappings shared at fork and at fault"
+    color = "#9467bd"
+    marker = "D"
     share_at_fork = True
     share_at_fault = True
 
@@ -41,6 +43,8 @@ class SharedPT2005(SharedPT):
     name = "shared-pt-2005"
     kernel = "McCracken 2005 (shared page tables) on Linux 6.18"
     summary = "as shared-pt, and PMD tables shared too where a VMA covers a whole 1 GiB span"
+    color = "#8c564b"
+    marker = "P"
 
     def pmd_shareable(self, vma: VMA) -> bool:
         return mccracken_shareable(vma, 1 << 30)
