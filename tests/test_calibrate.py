@@ -306,12 +306,12 @@ def test_quick_calibration_on_this_kernel(tmp_path):
 def test_an_interrupted_calibration_leaves_nothing(tmp_path):
     before, hugepages = _leftovers(), meminfo()["HugePages_Total"]
     proc, tag = _calibrate(tmp_path, "--quick", "-o", "never.toml")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # guards against a hang; a loaded machine is only slower
     while len(tagged(tag)) < 2 and time.monotonic() < deadline:  # calibrate itself and a worker
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "ptshare: interrupted", err
     assert "Traceback" not in err
     assert not (tmp_path / "never.toml").exists()

@@ -117,7 +117,7 @@ def _browse(chromium: str, page, tmp_path, *extra: str) -> subprocess.CompletedP
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
             "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
             "--virtual-time-budget=10000", *extra, page.as_uri()]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
 
 
 def test_report_renders_every_figure_in_chromium_without_errors(report, chromium, tmp_path):
