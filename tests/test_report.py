@@ -152,3 +152,28 @@ def test_runs_stored_by_an_older_measure_are_reported_as_stale(tmp_path):
     text = path.read_text()
     assert "The stored runs were measured by an older version of this experiment" in text
     assert "<svg" not in text
+
+
+def test_measured_times_stand_beside_the_modelled_ones_and_name_their_machines(tmp_path):
+    from ptshare.cost import load_profile
+    from ptshare.experiments.runner import host_unavailable
+    from ptshare.machine import describe
+
+    why = host_unavailable()
+    if why is not None:
+        pytest.skip(f"the host backend is unavailable: {why}")
+    exp = EXPERIMENTS["fork-vs-segment"]
+    with ResultsDB(tmp_path / "r.db") as db:
+        outcome, _ = run_experiment(exp, exp.params({"with_host": True, "sizes_gib": [0.0, 0.0625]}, quick=True), db,
+                                    progress=False)
+        text = write_report(db, tmp_path / "out").read_text()
+    headers = outcome.table.headers
+    at = headers.index("linux (ms, modelled)")
+    assert headers[at + 1:at + 3] == ["linux (ms, measured)", "measured / modelled"]
+    for row in outcome.table.rows:
+        assert row[at + 1] > 0 and row[at + 2] == pytest.approx(row[at + 1] / row[at])
+    assert "<th>linux (ms, modelled)</th><th>linux (ms, measured)</th><th>measured / modelled</th>" in text
+    profile = load_profile()
+    assert html.escape(f"Modelled times: cost profile {profile.name}, measured on {profile.machine}. "
+                       f"Measured times: the kernel of {describe()}.") in text
+    assert "this machine" not in text.lower()

@@ -179,6 +179,16 @@ class ResultsDB:
         return [ExperimentRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], json.loads(r[5]), r[6], r[7])
                 for r in rows]
 
+    def provenance(self, keys: list[str]) -> list[tuple[str, str, str]]:
+        """(backend, cost profile, machine) of the stored runs among ``keys``, each once, sorted: the
+        machine is the profile's for a simulated run, and the one measured for a host run."""
+        found: set[tuple[str, str, str]] = set()
+        for key in keys:
+            row = self.conn.execute("SELECT backend, profile, machine FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found.add(tuple(row))
+        return sorted(found)
+
     def stored(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """``{key: metrics}`` of those of ``keys`` that are stored."""
         out: dict[str, dict[str, Any]] = {}

@@ -14,6 +14,7 @@ from typing import Any
 from .. import __version__
 from ..cost import CostModel, load_profile
 from ..errors import PtshareError, ScenarioError
+from ..machine import describe
 from ..scenario import RunResult, run
 from .base import Experiment, Outcome, RunSpec, scenario_hash, scenario_json
 from .db import ResultsDB
@@ -108,7 +109,8 @@ def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, co
                         "scenario": spec.scenario.name, "scenario_hash": scenario_hash(spec.scenario),
                         "scenario_json": scenario_json(spec.scenario), "policy": spec.policy,
                         "backend": spec.backend, "params": spec.params, "profile": cost.name,
-                        "machine": cost.machine, "version": __version__, "metrics": metrics[spec.label],
+                        "machine": describe() if spec.backend == "host" else cost.machine,
+                        "version": __version__, "metrics": metrics[spec.label],
                         "wall_s": time.perf_counter() - started})
             tally.ran += 1
             step(1, 1)  # finished (a host run reports no steps)
