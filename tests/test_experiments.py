@@ -139,6 +139,17 @@ def test_aslr_claims(outcomes):
     assert f"1 GiB-aligned, {min(rates[4]):.0f}%" in o.sentences[2]
 
 
+def test_aslr_points_are_means_over_seeds_with_their_spread(outcomes):
+    o = outcomes["aslr"]
+    seeds, bits = o.params["seeds"], o.params["bits"]
+    assert len(seeds) >= 2
+    hugetlb = o.figure.panels[0].series[3]
+    assert hugetlb.low is not None and hugetlb.high is not None
+    assert all(lo <= y <= hi for lo, y, hi in zip(hugetlb.low, hugetlb.y, hugetlb.high, strict=True))
+    assert f"mean of {len(seeds)} seeds" in o.figure.caption and f"the mean of {len(seeds)} seeds" in o.sentences[2]
+    assert len(EXPERIMENTS["aslr"].plan(o.params)) == 5 * len(bits) * len(seeds)
+
+
 def test_worst_cases_claims(outcomes):
     o = outcomes["worst-cases"]
     sga = dict(zip(series(o, 0, "page tables").x, series(o, 0, "page tables").y, strict=True))
@@ -195,7 +206,8 @@ def test_experiment_command_json(tmp_path, capsys):
     (["experiment", "aslr", "--figure", "x.pdf"], "--figure x.pdf: the file name must end in .png or .svg"),
     (["results", "--experiment", "nope"], "unknown experiment 'nope'"),
     (["results", "--export", "runs.xlsx"], "the file name must end in .csv or .parquet"),
-    (["experiment", "aslr", "--set", "seed=-1"], "--set seed=-1: the value must be a whole number, 0 or more"),
+    (["experiment", "aslr", "--set", "seeds=1,-1"], "--set seeds=-1: the value must be a whole number, 0 or more"),
+    (["experiment", "aslr", "--set", "seeds=3,3"], "seeds must be one or more different seeds"),
     (["experiment", "database", "--set", "zipf_s=nan"], "--set zipf_s=nan: the value must be a finite number"),
     (["experiment", "database", "--set", "zipf_s=20"], "zipf_s must be at most 10"),
     (["experiment", "aslr", "--figure", "/nonexistent/f.png"], "--figure /nonexistent/f.png: the directory"),
