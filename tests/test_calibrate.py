@@ -280,7 +280,7 @@ def test_quick_calibration_on_this_kernel(tmp_path):
     known data above), so this checks what was measured and written, not the fit's quality."""
     before, hugepages = _leftovers(), meminfo()["HugePages_Total"]
     proc, tag = _calibrate(tmp_path, "--quick", "-o", "quick.toml", "--format", "json")
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     _nothing_left(tag, before, hugepages)
     doc = json.loads(out)
