@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
-from processes import tagged, wait_gone
+from processes import interruptible, tagged, wait_gone
 from ptshare.calibrate import families
 from ptshare.calibrate import run as calibrate_run
 from ptshare.calibrate.experiment import Experiment, Point
@@ -264,7 +264,7 @@ def _calibrate(tmp_path, *argv: str) -> tuple[subprocess.Popen, str]:
     tag = uuid.uuid4().hex
     env = dict(os.environ, PTSHARE_TEST_TAG=tag)
     proc = subprocess.Popen([sys.executable, "-m", "ptshare", "calibrate", *argv], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     return proc, f"PTSHARE_TEST_TAG={tag}"
 
 

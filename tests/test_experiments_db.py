@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from processes import interruptible
 from ptshare.cli.main import main
 from ptshare.experiments import EXPERIMENTS, ResultsDB, run_experiment
 
@@ -20,7 +22,7 @@ QUICK_RUNS = sum(len(e.plan(e.params(quick=True))) for e in EXPERIMENTS.values()
 def _ptshare(*argv: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with the test's $PTSHARE_DB / $XDG_DATA_HOME
     return subprocess.Popen([sys.executable, "-m", "ptshare", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible)
 
 
 def _rows(path) -> int:
@@ -95,7 +97,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_finished_runs(tmp_path):
     _, stderr = proc.communicate(timeout=300)
     if proc.returncode == 0:
         pytest.skip("the experiment finished before the interrupt arrived")
-    assert proc.returncode == 130 and stderr == "ptshare: interrupted\n"
+    *progress, last = stderr.splitlines()
+    assert proc.returncode == 130 and last == "ptshare: interrupted"
+    assert len(progress) >= 10 and all(re.fullmatch(r"aslr: run \d+/\d+ \S+ done in \d+\.\d s", line)
+                                       for line in progress), progress  # piped: a line per finished run
     with ResultsDB(db) as results:
         kept = len(results.runs())
         record = results.latest_experiments()[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import tagged, wait_gone
+from processes import interruptible, tagged, wait_gone
 from ptshare.host.backend import host_problem
 from ptshare.host.objects import meminfo
 
@@ -103,7 +103,8 @@ def _run(tmp_path, repeat: int, interrupt: int | None) -> subprocess.CompletedPr
     before = _leftovers()
     hugepages = meminfo()["HugePages_Total"]
     proc = subprocess.Popen([sys.executable, "-m", "ptshare", "run", str(path), "--backend", "host"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     if interrupt is not None:
         deadline = time.monotonic() + HANG  # a guard against a hang, not a speed limit: load only slows this
         while len(tagged(tag)) < 4 and time.monotonic() < deadline:  # the run, p and two children
