@@ -15,7 +15,8 @@ from .base import Figure, Panel, coincident, policy_of, sig
 # Lines that are not one policy's (the aslr variants): colours and markers no policy uses.
 OTHER_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#000000", "#aec7e8", "#98df8a")
 OTHER_MARKERS = ("<", ">", "*", "h", "x", "d", "p")
-APART_POINTS = 4.0  # how far apart coinciding lines are drawn
+APART_POINTS = 4.0  # how far apart coinciding lines are drawn: this far right, half as far up (a flat line
+# needs the rise to be seen; keeping it small keeps the value read off the axis close)
 
 
 def style_of(name: str, n: int) -> tuple[str, str]:
@@ -77,7 +78,7 @@ def _panel(ax, panel: Panel, outside: bool) -> None:
         if shift.get(s.name):  # moved once drawn, so that the axes' limits stay those of the data
             apart = shift[s.name] * APART_POINTS / 72
             for artist in drawn:
-                artist.set_transform(ax.transData + ScaledTranslation(apart, apart, ax.figure.dpi_scale_trans))
+                artist.set_transform(ax.transData + ScaledTranslation(apart, apart / 2, ax.figure.dpi_scale_trans))
     for label, y in panel.hlines:
         ax.axhline(y, linestyle=":", color="black", linewidth=1, label=label)
     for label, x in panel.vlines:
