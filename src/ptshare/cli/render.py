@@ -49,7 +49,7 @@ def run_table(result: RunResult) -> str:
                      format_ns(step.est_ns), format_ns(step.wall_ns)])
         prev_faults = faults
     wall = "sim wall" if result.backend == "sim" else f"{result.backend} wall"
-    out.append(table(["step", "op", "pid", "faults", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
+    out.append(table(["step", "op", "pid", "faults in step", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
     final = result.final
     if final is not None:
         out.append("")
@@ -69,7 +69,7 @@ def process_table(processes: dict[str, dict]) -> str:
         p = processes[name]
         rows.append([name, "yes" if p.get("alive") else "no", p["minflt"], p["vmpte_kb"], p["rss_kb"],
                      p.get("pt_shared_kb", 0)])
-    text = table(["process", "alive", "minflt", "VmPTE kB", "RSS kB", "shared PT kB"], rows, "llrrrr")
+    text = table(["process", "alive", "minflt (total)", "VmPTE kB", "RSS kB", "shared PT kB"], rows, "llrrrr")
     if len(names) > MAX_PROCESS_ROWS:
         rest = [processes[n] for n in names[MAX_PROCESS_ROWS:]]
         text += (f"\n... and {len(rest):,} more processes: minflt {sum(p['minflt'] for p in rest):,} in all, "
