@@ -453,14 +453,13 @@ def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: 
     has = cid != 0
     sel = known & has
     if sel.any():
-        ok = pte.present[cid[sel]]
+        cids = cid[sel]
         whole = (lo[sel] == 0) & (hi[sel] == PTRS_PER_TABLE)
-        full = np.zeros(int(sel.sum()), dtype=bool)
-        full[whole] = (ok[whole].view(np.uint64) == np.uint64(0xFFFFFFFFFFFFFFFF)).all(axis=1)
+        full = pte.full[cids]  # whole tables: one byte each
         part = np.flatnonzero(~whole)
         if len(part):
             need = bitmap_pack(range_bits(lo[sel][part], hi[sel][part]))
-            full[part] = ((ok[part] & need) == need).all(axis=1)
+            full[part] = ((pte.present[cids[part]] & need) == need).all(axis=1)
         work[np.flatnonzero(sel)] = ~full
     return work
 
