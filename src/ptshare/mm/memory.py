@@ -270,8 +270,10 @@ class _Windows:
     def entries(self, spans: _Spans, rows: np.ndarray | None = None) -> np.ndarray:
         region = spans.region if rows is None else spans.region[rows]
         slot = spans.slot if rows is None else spans.slot[rows]
-        out = self.k.stores[PMD].entries[self.cid[region], slot]
         fresh = self.fresh[region]
+        if fresh.all():
+            return self.buffer[self.slot_of[region], slot]
+        out = self.k.stores[PMD].entries[self.cid[region], slot]
         if fresh.any():
             out[fresh] = self.buffer[self.slot_of[region[fresh]], slot[fresh]]
         return out
@@ -410,7 +412,8 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
     tag = entry_tag(old[rows])
     faults = 0
     # Tables to allocate or attach (pte_alloc / pt_share_pte).
-    none = rows[tag == E_NONE]
+    none_pos = np.flatnonzero(tag == E_NONE)
+    none = rows[none_pos]
     attached = np.zeros(0, dtype=np.int64)
     if len(none):
         in_box = win.box[spans.region[none]] != 0
@@ -420,24 +423,24 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
             sids[~in_box], got[~in_box] = ptshare.share_alloc(k, task.mm, vma, PTE, spans.addr[none[~in_box]])
         boxed = sids != 0
         if boxed.any():
-            win.set(spans, none[boxed], mk_shared(sids[boxed]))
-            old[none[boxed]] = win.entries(spans, none[boxed])
-            attached = none[boxed & got]
+            entries = mk_shared(sids[boxed])
+            win.set(spans, none[boxed], entries)
+            old[none[boxed]] = entries
+            attached = none_pos[boxed & got]  # positions in rows
     sid, cid = entry_tables(k, old[rows])
     # Which tables need their pages looked at: some access finds an entry that does not allow it.
     work = _misses(k, spans, rows, cid, write)
     if not accs.progression and not write:
         work &= _explicit_misses(k, spans, accs, rows, cid)
     if len(attached):
-        faults += _spurious(k, win, spans, accs, attached, cid[np.searchsorted(rows, attached)])
+        faults += _spurious(k, win, spans, accs, rows[attached], cid[attached])
     cow = work & (k.shared.mode[sid] == COW) & (k.shared.users[sid] > 1)
     if cow.any():  # a change to a copy-on-write table others use: copy it first
         sid[cow], cid[cow] = 0, win.unshare(spans, rows[cow])
-    work_rows = rows[work]
-    for start in range(0, len(work_rows), CHUNK):
-        chunk = work_rows[start:start + CHUNK]
-        pos = np.searchsorted(rows, chunk)
-        faults += _fault_chunk(k, task, vma, win, spans, accs, old, chunk, cid[pos], sid[pos], write)
+    work_pos = np.flatnonzero(work)
+    for start in range(0, len(work_pos), CHUNK):
+        pos = work_pos[start:start + CHUNK]
+        faults += _fault_chunk(k, task, vma, win, spans, accs, old, rows[pos], cid[pos], sid[pos], write)
     return faults
 
 
@@ -480,9 +483,13 @@ def _spurious(k: Kernel, win: _Windows, spans: _Spans, accs: _Touches, rows: np.
               cid: np.ndarray) -> int:
     """A table just attached that already maps the first page accessed: that access faulted (the
     table was missing) and found the page there."""
-    first = accs.first_entry(spans, rows)
-    present = k.stores[PTE].present
-    n = int((((present[cid, first // 8] >> (first % 8)) & 1) == 1).sum())
+    pte = k.stores[PTE]
+    full = pte.full[cid]
+    n = int(full.sum())
+    if n < len(rows):
+        part = ~full
+        first = accs.first_entry(spans, rows[part])
+        n += int((((pte.present[cid[part], first // 8] >> (first % 8)) & 1) == 1).sum())
     k.events.add("fault_spurious", n)
     return n
 
