@@ -281,14 +281,15 @@ class _Windows:
     def spurious(self, spans: _Spans, accs: _Touches) -> int:
         """A window whose PMD table was just attached: its first access faulted (the table was
         missing) and, if the partners had mapped that page, found it there."""
-        n = 0
-        for r in np.flatnonzero(self.attached).tolist():
-            first = accs.first_in_window(spans, r)
-            row = np.flatnonzero((spans.region == r) & (spans.addr == first & ~(self.k.geom.pte.span - 1)))[0]
-            entry = int(self.k.stores[PMD].entries[self.cid[r], spans.slot[row]])
-            if entry_tag(entry) == E_TABLE:
-                ent = (first >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
-                n += int((self.k.stores[PTE].present[int(entry_value(entry)), ent // 8] >> (ent % 8)) & 1)
+        regions = np.flatnonzero(self.attached)
+        if not len(regions):
+            return 0
+        row, first = accs.first_in_windows(spans, regions)
+        entry = self.k.stores[PMD].entries[self.cid[regions], spans.slot[row]]
+        table = entry_tag(entry) == E_TABLE
+        ent = (first[table] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        present = self.k.stores[PTE].present[entry_value(entry[table]), ent // 8]
+        n = int(((present >> (ent % 8)) & 1).sum())
         self.k.events.add("fault_spurious", n)
         return n
 
@@ -619,8 +620,9 @@ class _Touches:
         """The entry each table ``rows`` is first accessed at."""
         raise NotImplementedError
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        """The first address accessed in 1 GiB window ``region``."""
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each 1 GiB window of ``regions`` (each with an access): the row of the table its
+        first access falls in, and that access's address."""
         raise NotImplementedError
 
 
@@ -648,9 +650,13 @@ class _Sequential(_Touches):
             return spans.lo[rows]
         return _strided(self.acc, spans.addr[rows], spans.lo[rows], spans.hi[rows])[0]
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        base = int(self.bases[region])
-        return self.acc.within(base, base + self.window).start
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acc = self.acc
+        base = self.bases[regions]
+        late = base > acc.start
+        first = np.where(late, acc.start + -(-(base - acc.start) // acc.stride) * acc.stride, acc.start)
+        row = np.searchsorted(spans.addr, first & ~np.int64(PTRS_PER_TABLE * PAGE_SIZE - 1))
+        return row, first
 
 
 class _Explicit(_Touches):
@@ -681,9 +687,11 @@ class _Explicit(_Touches):
     def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
         return (self.sorted[self.starts[rows]] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        rows = np.flatnonzero(spans.region == region)
-        return int(self.sorted[self.starts[rows[np.argmin(self.first_pos[rows])]]])
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.lexsort((self.first_pos, spans.region))  # by window, earliest first access first
+        head = order[np.r_[True, spans.region[order][1:] != spans.region[order][:-1]]]
+        row = head[np.searchsorted(spans.region[head], regions)]
+        return row, self.sorted[self.starts[row]]
 
 
 __all__ = ["handle_mm_fault_range"]
