@@ -313,12 +313,12 @@ class DirStore(_Store):
         """The id of a table holding ``entries``: an existing equal one if there is one (the entries'
         references on PTE contents are then given back), or a new one that takes them over (and
         takes the storage references on shared tables that the entries do not carry)."""
-        h = hash(entries.tobytes())
+        raw = entries.tobytes()
+        h = hash(raw)
         for other in self._by_hash.get(h, []):
-            if self.refs[other] > 0 and np.array_equal(self.entries[other], entries):
+            if self.refs[other] > 0 and self.entries[other].tobytes() == raw:
                 self.refs[other] += 1
-                tags = entry_tag(entries)
-                tables = entries[tags == E_TABLE]
+                tables = entries[entry_tag(entries) == E_TABLE]
                 if len(tables):
                     self.child.put(entry_value(tables))
                 return other
@@ -339,13 +339,14 @@ class DirStore(_Store):
         Contents are compared, not trusted to the hash, so a table changed since it was interned is
         never taken for another.
         """
-        h = hash(self.entries[cid].tobytes())
+        raw = self.entries[cid].tobytes()
+        h = hash(raw)
         old = self._hash_of.get(cid)
         if old is not None and old != h:
             self._forget(cid)
         bucket = self._by_hash.setdefault(h, [])
         for other in bucket:
-            if other != cid and self.refs[other] > 0 and np.array_equal(self.entries[other], self.entries[cid]):
+            if other != cid and self.refs[other] > 0 and self.entries[other].tobytes() == raw:
                 self.refs[other] += 1
                 self.put(cid)
                 return other
