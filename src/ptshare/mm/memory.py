@@ -459,7 +459,7 @@ def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: 
     if sel.any():
         cids = cid[sel]
         whole = (lo[sel] == 0) & (hi[sel] == PTRS_PER_TABLE)
-        full = pte.full[cids]  # whole tables: one byte each
+        full = pte.full[cids] != 0  # whole tables: their all-present mark
         part = np.flatnonzero(~whole)
         if len(part):
             need = bitmap_pack(range_bits(lo[sel][part], hi[sel][part]))
@@ -485,7 +485,7 @@ def _spurious(k: Kernel, win: _Windows, spans: _Spans, accs: _Touches, rows: np.
     """A table just attached that already maps the first page accessed: that access faulted (the
     table was missing) and found the page there."""
     pte = k.stores[PTE]
-    full = pte.full[cid]
+    full = pte.full[cid] != 0
     n = int(full.sum())
     if n < len(rows):
         part = ~full

@@ -110,7 +110,7 @@ class PteStore(_Store):
     such entries, so the mask is a dict; it never outlives the entries (:meth:`store` keeps it a
     subset of present and not writable).
 
-    ``full[id]`` says whether every entry is present, kept with the present mask wherever it is
+    ``full[id]`` (1 or 0) says whether every entry is present, kept with the present mask wherever it is
     written, so that a read of whole tables finds those with nothing to fault in from one byte
     per table instead of their 64-byte masks.
     """
@@ -124,7 +124,9 @@ class PteStore(_Store):
         self.write = lazy_zeros((self.RESERVE, MASK_BYTES), np.uint8, (64, MASK_BYTES))
         self.refs = lazy_zeros((len(self.present),), np.int64, (64,))
         self.row = lazy_zeros((len(self.present),), np.int64, (64,))
-        self.full = lazy_zeros((len(self.present),), bool, (64,))
+        # int32, not bool: at 64 MiB the reservation is always mapped lazily, where a 16 MiB one
+        # may be served from the heap and zeroed at once by each new store
+        self.full = lazy_zeros((len(self.present),), np.int32, (64,))
         self.pfn = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
         self._rows_next = 1
         self._rows_free: list[int] = []
