@@ -248,11 +248,14 @@ def privatize(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
 def attached_tables(k: Kernel, mm: MM) -> int:
     """Tables ``mm`` uses but did not allocate (VmSHPT): those it attached, and the tables inside
     shared tables it attached."""
-    inside = sum(int(k.shared.children[sid].sum()) for sid in mm.boxes if int(k.shared.owner[sid]) != mm.id)
-    return mm.nr_shared + inside
+    if not mm.boxes:
+        return mm.nr_shared
+    boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
+    return mm.nr_shared + int(k.shared.children[boxes[k.shared.owner[boxes] != mm.id]].sum())
 
 
 def vmpte_tables(k: Kernel, mm: MM) -> int:
     """Tables counted in ``mm``'s VmPTE, the tables inside shared tables included."""
-    inside = int(k.shared.children[list(mm.boxes)].sum()) if mm.boxes else 0
+    boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
+    inside = int(k.shared.children[boxes].sum())
     return mm.nr_ptes + mm.nr_pmds + mm.nr_puds + inside

@@ -146,6 +146,9 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
             counted.add(sid)
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
         dirty = pte.wp_dirty_of(np.array([cid]))[0]
+        if (pte.full[cid] != 0) != bool(present.all()):
+            raise InternalError("table's all-present mark disagrees with its entries", process=name,
+                                table=hex(base), full=bool(pte.full[cid]))
         if (write & ~present).any():
             raise InternalError("writable entry that is not present", process=name, table=hex(base))
         if (dirty & ~(present & ~write)).any():
