@@ -402,6 +402,8 @@ class System:
             "shared_tables": int((shared_users >= 2).sum()),
             "pt_shared": k.events["pt_shared"],
             "pt_unshared": k.events["pt_unshared"],
+            "pt_cow_shared": k.events["pt_cow_shared"],
+            "pt_copied": k.events["pt_copied"],
             "ptes_copied": k.events["ptes_copied"],
             "faults": k.events["fault"],
             "cow_copies": k.events["fault_wp_copy"] + k.events["fault_cow"],

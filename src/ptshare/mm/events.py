@@ -29,9 +29,10 @@ EVENTS: dict[str, str] = {
                 "a page walk, a cache miss)",
     # fork
     "fork": "fork() calls",
-    "ptes_copied": "PTEs copied by copy_pte_range at fork",
+    "ptes_copied": "PTEs copied by copy_pte_range at fork, or when a shared table is copied",
     "huge_pmds_copied": "hugetlb PMD entries copied at fork",
-    "pte_tables_copied": "PTE tables allocated for the child and filled by copy_pte_range",
+    "pte_tables_copied": "PTE tables allocated for the child and filled by copy_pte_range, or copied from a "
+                         "shared table by one of its users",
     "vmas_copied": "VMAs duplicated by dup_mmap",
     "vmas_skipped": "VMAs whose page tables fork did not copy (lazy copy)",
     # teardown
@@ -48,6 +49,11 @@ EVENTS: dict[str, str] = {
     "pgtable_free": "page-table pages freed",
     "pt_shared": "page tables attached from another mm instead of allocated",
     "pt_unshared": "shared page tables dropped by one of their users",
+    "pt_cow_shared": "PTE tables fork shared copy-on-write with the child instead of copying (parent's PMD entry "
+                     "write-protected, child's installed, the table's share count raised)",
+    "pt_copied": "shared page tables one of their users copied instead of dropping (a copy-on-write table's first "
+                 "change): the share count dropped and the copy installed; the copy itself is in pte_tables_copied "
+                 "and ptes_copied",
     "tlb_flush_all": "TLB flushes on all CPUs (an operation that unshared shared tables; batched)",
     "tlb_flush_mm": "TLB flushes of one mm's CPUs (an operation that changed its entries; batched)",
     "ptes_changed": "PTEs write-protected or made writable by mprotect",
