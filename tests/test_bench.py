@@ -23,6 +23,18 @@ def test_a_case_under_each_of_its_policies(tmp_path, capsys):
     assert "fork-private-4g" in capsys.readouterr().out
 
 
+def test_a_rerun_shows_the_previous_figures(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--case", "fork-private-4g", "--scale", "0.01", "-o", str(out)]
+    assert main(argv) == 0
+    first = {r["policy"]: r for r in json.loads(out.read_text())["results"]}
+    capsys.readouterr()
+    assert main(argv) == 0
+    shown = capsys.readouterr().out
+    for r in first.values():
+        assert f"{r['wall_s_median']:.2f} s ({r['cpu_s_median']:.2f} s)" in shown
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--scale", "0"], "--scale must be more than 0"),
     (["--repeat", "0"], "--repeat must be at least 1"),

@@ -4,6 +4,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from ptshare.cli.main import main
 
 SCENARIO = """\
@@ -79,6 +81,21 @@ def test_json_several_policies_is_an_array(tmp_path, capsys):
     assert [d["policy"] for d in docs] == ["eager", "linux"]
 
 
+@pytest.mark.parametrize("policies", ["linux", "eager,linux"])
+def test_jsonl_is_one_object_per_line_however_many_policies(tmp_path, capsys, policies):
+    assert main(["run", _scenario(tmp_path), "--policy", policies, "--format", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert [d["policy"] for d in docs] == policies.split(",")
+    assert all(d["schema"] == "ptshare.run/1" for d in docs)
+    assert main(["run", _scenario(tmp_path), "--policy", policies, "--format", "json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert [set(d) for d in (as_json if "," in policies else [as_json])] == [set(d) for d in docs]
+    assert main(["compare", _scenario(tmp_path), "--format", "jsonl"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["schema"] == "ptshare.compare/1"
+
+
 def test_csv(tmp_path, capsys):
     assert main(["run", _scenario(tmp_path), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -89,6 +106,21 @@ def test_table_is_readable(tmp_path, capsys):
     assert main(["run", _scenario(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "PageTables kB" in out and "VmPTE kB" in out and "c1" in out
+    steps, processes = out.split("\n\n")[:2]
+    assert steps.splitlines()[1].split()[3:6] == ["faults", "in", "step"]  # per step; minflt is cumulative
+    assert processes.splitlines()[0].split()[2:4] == ["minflt", "(total)"]
+
+
+@pytest.mark.parametrize("columns", [50, 80, 120])
+def test_help_never_breaks_a_name_at_a_hyphen(capsys, monkeypatch, columns):
+    from ptshare.bench.cases import ALL
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    words = capsys.readouterr().out.replace(",", " ").split()
+    assert set(ALL) <= set(words)
+    assert not [w for w in words if w.endswith("-")]
 
 
 def test_compare(tmp_path, capsys):

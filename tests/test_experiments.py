@@ -1,8 +1,15 @@
 """The experiments: every sentence's claim checked against the data its figure draws (at quick sizes)."""
 
+import contextlib
+import fcntl
+import io
 import itertools
 import json
+import os
 import re
+import struct
+import termios
+import time
 
 import pytest
 
@@ -127,8 +134,8 @@ def test_database_steady_state(outcomes):
         assert f"{g:+.1f}% with {n}" in o.sentences[3]
         us = o.facts[f"steady_us_per_txn@{n}"]
         assert g == pytest.approx(100 * (us["linux"] / us["shared-pt"] - 1))
-    linux_dram = series(o, 4, f"{LABELS['linux']}: DRAM").y
-    shared_dram = series(o, 4, f"{LABELS['shared-pt']}: DRAM").y
+    linux_dram = series(o, 4, f"{label('linux')}: DRAM").y
+    shared_dram = series(o, 4, f"{label('shared-pt')}: DRAM").y
     assert all(s <= li for s, li in zip(shared_dram, linux_dram, strict=True))
 
 def test_aslr_claims(outcomes):
@@ -146,6 +153,17 @@ def test_aslr_claims(outcomes):
     assert rates[0][-1] < 50 <= rates[4][-1], "at 28 bits only 1 GiB-aligned hugetlb still shares"
     assert f"{rates[0][-1]:.0f}% at 28" in o.sentences[0]
     assert f"1 GiB-aligned, {min(rates[4]):.0f}%" in o.sentences[2]
+
+
+def test_aslr_points_are_means_over_seeds_with_their_spread(outcomes):
+    o = outcomes["aslr"]
+    seeds, bits = o.params["seeds"], o.params["bits"]
+    assert len(seeds) >= 2
+    hugetlb = o.figure.panels[0].series[3]
+    assert hugetlb.low is not None and hugetlb.high is not None
+    assert all(lo <= y <= hi for lo, y, hi in zip(hugetlb.low, hugetlb.y, hugetlb.high, strict=True))
+    assert f"mean of {len(seeds)} seeds" in o.figure.caption and f"the mean of {len(seeds)} seeds" in o.sentences[2]
+    assert len(EXPERIMENTS["aslr"].plan(o.params)) == 5 * len(bits) * len(seeds)
 
 
 def test_worst_cases_claims(outcomes):
@@ -204,7 +222,8 @@ def test_experiment_command_json(tmp_path, capsys):
     (["experiment", "aslr", "--figure", "x.pdf"], "--figure x.pdf: the file name must end in .png or .svg"),
     (["results", "--experiment", "nope"], "unknown experiment 'nope'"),
     (["results", "--export", "runs.xlsx"], "the file name must end in .csv or .parquet"),
-    (["experiment", "aslr", "--set", "seed=-1"], "--set seed=-1: the value must be a whole number, 0 or more"),
+    (["experiment", "aslr", "--set", "seeds=1,-1"], "--set seeds=-1: the value must be a whole number, 0 or more"),
+    (["experiment", "aslr", "--set", "seeds=3,3"], "seeds must be one or more different seeds"),
     (["experiment", "database", "--set", "zipf_s=nan"], "--set zipf_s=nan: the value must be a finite number"),
     (["experiment", "database", "--set", "zipf_s=20"], "zipf_s must be at most 10"),
     (["experiment", "aslr", "--figure", "/nonexistent/f.png"], "--figure /nonexistent/f.png: the directory"),
@@ -237,22 +256,85 @@ def test_a_file_that_is_not_a_database(tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot be used as a ptshare results database" in err
 
 
-def test_progress_bar_moves_inside_runs_and_is_erased():
-    import io
+@contextlib.contextmanager
+def terminal(columns: int):
+    """A pseudo-terminal ``columns`` wide: (the stream a program writes to, a function that returns
+    what has been written to it so far)."""
+    main_fd, sub_fd = os.openpty()
+    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    os.set_blocking(main_fd, False)
+    stream = open(sub_fd, "w")  # noqa: SIM115 -- closed below
 
+    def written() -> str:
+        stream.flush()
+        out = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(main_fd, 65536):
+                out += chunk
+        return out.decode()
+
+    try:
+        yield stream, written
+    finally:
+        stream.close()
+        os.close(main_fd)
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_progress_bar_fits_the_terminal_moves_inside_runs_and_is_erased(columns):
     from ptshare.experiments.progress import RunsBar
 
-    stream = io.StringIO()
-    bar = RunsBar("database", 4, stream=stream, delay=0, enabled=True)
-    step = bar.run(2, "churn:linux")
-    bar.bar._last = 0.0
-    step(1, 2)
-    drawn = stream.getvalue().split("\r")[-1]
-    assert drawn.startswith("database [###############.........] run 3/4 churn:linux")
+    with terminal(columns) as (stream, written):
+        bar = RunsBar("fork-vs-segment", 4, stream=stream, delay=0)
+        step = bar.run(2, "shared-pt-2005@16GiB-with-a-long-name")
+        for done in (1, 2):
+            time.sleep(0.15)  # a bar is redrawn at most ten times a second
+            step(done, 2)
+        drawn = [line for line in written().split("\r") if line.strip()]
+        bar.close()
+        erased = written()
+    assert drawn and all(len(line) < columns for line in drawn), drawn
+    assert drawn[-1].startswith("fork-vs-segment |")
+    if columns >= 80:
+        assert drawn[-1].startswith("fork-vs-segment |#") and "run 3/4 shared-pt-2005@16GiB" in drawn[-1]
+    if columns >= 200:
+        assert len(drawn[-1]) > 150  # the bar grows to fill the line
+    assert erased.startswith("\r") and erased.endswith("\r") and not erased.strip()
+
+
+def test_progress_off_a_terminal_is_one_line_per_finished_run():
+    from ptshare.experiments.progress import RunsBar
+
+    piped = io.StringIO()
+    bar = RunsBar("aslr", 2, stream=piped)
+    first = bar.run(0, "v0@0")
+    first(1, 3)
+    first(3, 3)
+    first(1, 1)  # reported once
+    bar.run(1, "v0@8")(1, 1)
     bar.close()
-    assert stream.getvalue().endswith("\r" + " " * 100 + "\r")
+    lines = piped.getvalue().splitlines()
+    assert [line.rsplit(" in ", 1)[0] for line in lines] == ["aslr: run 1/2 v0@0 done", "aslr: run 2/2 v0@8 done"]
+    assert all(re.fullmatch(r"\d+\.\d s", line.rsplit(" in ", 1)[1]) for line in lines)
     quiet = io.StringIO()
-    silent = RunsBar("x", 1, stream=quiet)  # not a terminal: nothing drawn
+    silent = RunsBar("x", 1, stream=quiet, enabled=False)
     silent.run(0, "a")(1, 1)
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_counts_agree_in_number_and_carry_separators():
+    from ptshare.experiments.base import count
+
+    assert count(1, "all-CPU TLB flush") == "1 all-CPU TLB flush"
+    assert count(0, "all-CPU TLB flush") == "0 all-CPU TLB flushes"
+    assert count(2048, "table") == "2,048 tables"
+    assert count(3, "process", "processes") == "3 processes"
+
+
+def test_sentences_write_numbers_as_people_read_them(outcomes):
+    for name, o in outcomes.items():
+        for text in [*o.sentences, *o.notes, o.figure.caption]:
+            assert not re.search(r"\b1 [^,;.()]*(flushes|tables|processes|faults|agents)\b", text), (name, text)
+            bare = set(re.findall(r"(?<![\d.,])\d{4,}(?![\d,])", text)) - {"2005", "2006"}  # years
+            assert not bare, (name, bare, text)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from processes import interruptible
 from ptshare.cli.main import main
 from ptshare.experiments import EXPERIMENTS, ResultsDB, run_experiment
 
@@ -18,9 +20,9 @@ QUICK_RUNS = sum(len(e.plan(e.params(quick=True))) for e in EXPERIMENTS.values()
 
 
 def _ptshare(*argv: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with the test's $PTSHARE_DB / $XDG_DATA_HOME
     return subprocess.Popen([sys.executable, "-m", "ptshare", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible)
 
 
 def _rows(path) -> int:
@@ -33,7 +35,8 @@ def _rows(path) -> int:
         return 0
 
 
-def _wait_for_rows(proc: subprocess.Popen, path, n: int, limit: float = 120) -> int:
+def _wait_for_rows(proc: subprocess.Popen, path, n: int, limit: float = 900) -> int:
+    """Until ``proc`` has stored ``n`` runs; ``limit`` guards against a hang (load only slows a run)."""
     end = time.monotonic() + limit
     while time.monotonic() < end and proc.poll() is None:
         if (rows := _rows(path)) >= n:
@@ -42,9 +45,11 @@ def _wait_for_rows(proc: subprocess.Popen, path, n: int, limit: float = 120) -> 
     pytest.fail(f"the run ended or stalled before storing {n} runs: {proc.poll()}")
 
 
-def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path):
+def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
-    db = out / "results.db"
+    monkeypatch.delenv("PTSHARE_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    db = tmp_path / "data" / "ptshare" / "results.db"  # the one default, that of every command
     proc = _ptshare("demo", "--quick", "--out", str(out))
     _wait_for_rows(proc, db, QUICK_RUNS // 3)
     proc.send_signal(signal.SIGKILL)
@@ -60,9 +65,11 @@ def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path
     assert html.count("<figure") < len(EXPERIMENTS)
 
     proc = _ptshare("demo", "--quick", "--out", str(out))
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1] == str(out / "report.html")
+    assert stdout.strip().splitlines()[-2] == (f"The runs are stored in {db}: 'ptshare results' lists them and "
+                                               "'ptshare report' writes the report again from them.")
     reused = sum(int(line.split(", ")[1].split()[0]) for line in stdout.splitlines() if line.endswith("reused)"))
     assert reused == kept[0], "the re-run reuses every stored run and makes only the missing ones"
     with ResultsDB(db) as results:
@@ -71,6 +78,15 @@ def test_a_demo_killed_half_way_keeps_its_runs_and_a_rerun_completes_it(tmp_path
     assert html.count("<figure") == len(EXPERIMENTS) and "Incomplete" not in html
     assert len(list((out / "figures").glob("*.png"))) == len(EXPERIMENTS)
 
+    # the follow-up commands find the demo's runs without being told where they are
+    capsys.readouterr()
+    assert main(["results"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{QUICK_RUNS} runs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    assert capsys.readouterr().out.strip() == "ptshare-report/report.html"
+    assert (tmp_path / "ptshare-report" / "report.html").read_text().count("<figure") == len(EXPERIMENTS)
+
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_finished_runs(tmp_path):
     db = tmp_path / "r.db"
@@ -78,17 +94,21 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_finished_runs(tmp_path):
     proc = _ptshare("experiment", "aslr", "--quick", "--set", f"bits={bits}", "--db", str(db))
     _wait_for_rows(proc, db, 10)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=300)
     if proc.returncode == 0:
         pytest.skip("the experiment finished before the interrupt arrived")
-    assert proc.returncode == 130 and stderr == "ptshare: interrupted\n"
+    *progress, last = stderr.splitlines()
+    assert proc.returncode == 130 and last == "ptshare: interrupted"
+    assert len(progress) >= 10 and all(re.fullmatch(r"aslr: run \d+/\d+ \S+ done in \d+\.\d s", line)
+                                       for line in progress), progress  # piped: a line per finished run
     with ResultsDB(db) as results:
         kept = len(results.runs())
         record = results.latest_experiments()[0]
-    assert 10 <= kept < 145 and record.finished is None
+    planned = len(EXPERIMENTS["aslr"].plan(record.params))  # 5 variants x 29 bits x the quick seeds
+    assert 10 <= kept < planned and record.finished is None
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 0
     html = (tmp_path / "out" / "report.html").read_text()
-    assert f"Incomplete: {kept} of 145 runs are stored" in html
+    assert f"Incomplete: {kept} of {planned} runs are stored" in html
     assert f"<code>ptshare experiment aslr --db {db} --quick --set bits={bits}</code>" in html
 
 

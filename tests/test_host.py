@@ -117,8 +117,8 @@ def test_a_host_run_that_differs_is_run_again_and_reported(monkeypatch, capsys):
     real = validate_module.run_on_host
     calls = []
 
-    def flaky(scenario, cost):
-        result, error = real(scenario, cost)
+    def flaky(*args):
+        result, error = real(*args)
         calls.append(1)
         if len(calls) == 1:
             result.steps[-1].processes["reader"]["minflt"] += 1
@@ -211,3 +211,98 @@ def test_huge_pages_that_cannot_be_reserved_are_refused_and_nothing_stays_reserv
     with pytest.raises(HostError, match="could reserve only 0"):
         HostObjects([ObjectSpec("h", "hugetlb", 4 << 20)], 2)
     assert meminfo()["HugePages_Total"] == before
+
+
+GROW_TOP = SUITE / "mremap-grow-top.toml"
+
+
+def test_the_topmost_mapping_grows_in_place_on_the_host():
+    """A realloc of the first (topmost) buffer: Linux grows it in place, above mmap_base, and so
+    must the host run -- with room left above the scenario's mmap_base, and the same counts."""
+    from ptshare.host.plan import WINDOW, make_plan
+
+    scenario = load(GROW_TOP)
+    plan = make_plan(scenario)
+    (mremap,) = [op for s in plan.steps for op in s.ops if op.kind == "mremap"]
+    assert mremap.args["new_addr"] == mremap.args["addr"]  # in place
+    assert mremap.args["addr"] + (192 << 20) > plan.scenario.machine.mmap_base
+    assert mremap.args["addr"] + (192 << 20) <= WINDOW[1]
+    verdict = validate(scenario)
+    assert verdict.ok, verdict.to_json()
+    assert verdict.rows and verdict.refused is None
+
+
+def test_validate_reports_a_refused_scenario_and_runs_the_others(tmp_path, capsys):
+    good = _write(tmp_path, SMALL, "good.toml")
+    outside = _write(tmp_path, SMALL.replace('size = "4MiB"', 'size = "4MiB"\naddr = "0x7f0000000000"\nfixed = true'),
+                     "outside.toml")
+    half_gib = meminfo()["MemAvailable"] // (1 << 20) // 2 + 1
+    big = _write(tmp_path, SMALL.replace('size = "4MiB"', f'size = "{half_gib}GiB"'), "big.toml")
+    also_good = str(GROW_TOP)
+    assert main(["validate", "--summary", good, outside, big, also_good]) == 1
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and "FAIL" not in out
+    assert f"REFUSED  small  ({outside}): " in out and "outside the range the host backend maps" in out
+    assert f"REFUSED  small  ({big}): " in out and "more than half" in out
+    assert "2 of 4 scenarios agree with the kernel" in out and "2 refused by the host backend" in out
+    assert main(["validate", "--format", "json", outside, good]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["refused"] is not None for s in doc["scenarios"]] == [True, False] and not doc["ok"]
+
+
+def test_signals_are_made_on_the_host_and_compared(monkeypatch):
+    """Every process the simulator kills makes its fatal access on the kernel too (in a traced
+    copy of itself): the kernel's signal and address agree; a model that puts the bad access one
+    page early is caught by the address the kernel reports."""
+    path = str(SUITE / "signals.toml")
+    verdict = validate(load(path))
+    signals = [r for r in verdict.rows if r.metric == "signal"]
+    assert [r.host.split("@")[0] for r in signals] == ["SIGSEGV", "SIGSEGV", "SIGBUS"]
+    assert all(r.ok for r in signals) and verdict.ok
+    from ptshare.mm.access import Accesses
+
+    real = Accesses.first_outside
+
+    def one_early(self, ok):
+        n = real(self, ok)
+        return n - 1 if 0 < n < len(self) else n
+
+    monkeypatch.setattr(Accesses, "first_outside", one_early)
+    verdict = validate(load(path), runs=1)
+    bad = [r for r in verdict.rows if r.metric == "signal" and not r.ok]
+    assert len(bad) == 3 and not verdict.ok
+    for r in bad:  # the kernel faulted at the next access, one 4 KiB stride on
+        assert int(r.host.split("@")[1], 16) == int(r.sim.split("@")[1], 16) + 4096
+
+
+def test_the_whole_suite_agrees_with_the_kernel_in_its_own_layout(capsys):
+    """The kernel chooses every address (mmap without a hint, mremap with MREMAP_MAYMOVE) and the
+    simulator predicts them: layouts (/proc/PID/maps) and counters agree on every scenario."""
+    assert main(["validate", "--own-layout", "--summary"]) == 0, capsys.readouterr().out
+
+
+def test_own_layout_compares_the_kernels_addresses(tmp_path):
+    from ptshare.host.worker import WINDOW
+
+    verdict = validate(load(SUITE / "mremap-move-unfaulted-merges.toml"), own_layout=True)
+    assert verdict.ok, verdict.to_json()
+    layouts = [r for r in verdict.rows if r.metric == "layout" and r.host != "empty"]
+    assert layouts and all(r.host == r.sim for r in layouts)
+    starts = [int(part.split("-")[0], 16) for r in layouts for part in r.host.split(", ")]
+    assert all(s >= WINDOW[1] for s in starts)  # placed by the kernel, far from where the plan put them
+    assert layouts[-1].host.count(",") == 2  # hi moved and merged with lo; mid; cap: three VMAs
+
+
+def test_a_wrong_merge_rule_shows_in_the_layouts(monkeypatch):
+    """mremap growing in place without merging (the rule before Linux's vma_merge_extend): the
+    maps of the host show one VMA where the simulator has two."""
+    from ptshare.mm import mremap
+
+    def extend_only(k, mm, vma, delta):
+        vma.vm_end += delta
+        return vma
+
+    monkeypatch.setattr(mremap, "vma_merge_extend", extend_only)
+    verdict = validate(load(SUITE / "merge-mremap-grow-anon.toml"), runs=1)
+    bad = [r for r in verdict.rows if r.metric == "layout" and not r.ok]
+    assert bad and bad[0].step == 7 and bad[0].host.count(",") + 1 == 1 and bad[0].sim.count(",") + 1 == 2

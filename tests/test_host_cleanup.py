@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import tagged, wait_gone
+from processes import interruptible, tagged, wait_gone
 from ptshare.host.backend import host_problem
 from ptshare.host.objects import meminfo
 
@@ -84,6 +84,9 @@ repeat = REPEAT
 """
 
 
+HANG = 600  # seconds: how long a step may take before the test calls it hung (ten times an idle machine's)
+
+
 def _leftovers() -> dict[str, set[str]]:
     return {
         "files": set(glob.glob("/dev/shm/ptshare-*")) | set(glob.glob("/var/tmp/ptshare-*")),
@@ -100,14 +103,15 @@ def _run(tmp_path, repeat: int, interrupt: int | None) -> subprocess.CompletedPr
     before = _leftovers()
     hugepages = meminfo()["HugePages_Total"]
     proc = subprocess.Popen([sys.executable, "-m", "ptshare", "run", str(path), "--backend", "host"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     if interrupt is not None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG  # a guard against a hang, not a speed limit: load only slows this
         while len(tagged(tag)) < 4 and time.monotonic() < deadline:  # the run, p and two children
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(interrupt)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG)
     wait_gone(tag)
     assert meminfo()["HugePages_Total"] == hugepages, "the huge-page reservation was not given back"
     after = _leftovers()

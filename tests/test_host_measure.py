@@ -18,9 +18,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "ptshare" / "host" / "mea
 MiB = 1 << 20
 
 
-@pytest.mark.skipif(not (shutil.which("as") and shutil.which("objcopy") and shutil.which("nm")),
-                    reason="needs the GNU assembler (binutils) to rebuild measure.s")
-def test_the_code_is_measure_s_assembled(tmp_path):
+def test_the_code_is_measure_s_assembled(tmp_path, need):
+    need(shutil.which("as") and shutil.which("objcopy") and shutil.which("nm"),
+         "binutils (as, objcopy and nm, to rebuild measure.s)")
     obj, binary = tmp_path / "measure.o", tmp_path / "measure.bin"
     subprocess.run(["as", str(SOURCE), "-o", str(obj)], check=True)
     subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(binary)], check=True)

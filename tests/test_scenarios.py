@@ -10,6 +10,7 @@ import pytest
 from ptshare.cli.main import main
 from ptshare.errors import ScenarioError
 from ptshare.scenario import Scenario, load, loads, run
+from ptshare.scenario.lines import scan
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """\
@@ -51,6 +52,11 @@ BAD = [
     ('pid = "a"\nvma = "m"\naccess', 'pid = "b"\nvma = "m"\naccess', "names process 'b', which does not exist", 21),
     ('vma = "m"\naccess', 'vma = "x"\naccess', "has no mapping named 'x'", 22),
     ('size = "4MiB"', 'size = "4 parsecs"', "unknown unit", 6),
+    ('size = "4MiB"', 'size = "10 GB"', "size must be a positive multiple of 4 KiB (10 GB is 10,000,000,000 bytes: "
+     "GB means 10^9; for powers of 2 write 10GiB)", 6),
+    ('size = "4MiB"', 'size = "4M"', "'4M' is ambiguous: write 4MiB for powers of 2 or 4MB for powers of 10", 6),
+    ('access = "write"', 'access = "write"\nlength = "1MB"', "length = '1MB' is not a multiple of the 4 KiB page "
+     "size (1MB is 1,000,000 bytes: MB means 10^6; for powers of 2 write 1MiB)", 24),
     ('size = "4MiB"', 'size = -4096', "negative", 6),
     ('size = "4MiB"', 'size = "4097"', "multiple of 4 KiB", 6),
     ('access = "write"', 'access = "poke"', "use 'read' or 'write'", 23),
@@ -81,12 +87,79 @@ def test_bad_scenarios_name_file_line_and_problem(tmp_path, capsys, old, new, me
     assert errout.startswith("ptshare: ") and message in errout and "Traceback" not in errout
 
 
+@pytest.mark.parametrize(("written", "nbytes"), [("4096", 4096), ("16KiB", 16 << 10), ("2 MiB", 2 << 20),
+                                                 ("1TiB", 1 << 40), ("4096kB", 4_096_000), ("4096000 B", 4_096_000),
+                                                 ("8.192 MB", 8_192_000), ("32 GB", 32 * 10**9),
+                                                 ("4TB", 4 * 10**12)])
+def test_sizes_in_si_units_are_powers_of_10_and_binary_units_powers_of_2(written, nbytes):
+    sc = loads(GOOD.replace('size = "4MiB"', f'size = "{written}"'))
+    assert sc.objects[0].size == nbytes
+
+
 def test_reported_line_is_the_offending_one(tmp_path):
     path = _write(tmp_path, GOOD.replace('access = "write"', 'access = "poke"'))
     with pytest.raises(ScenarioError) as err:
         load(path)
     assert err.value.line is not None
     assert "access" in path.read_text().splitlines()[err.value.line - 1]
+
+
+# Text that looks like tables and keys but is inside a value: each goes between the name and the
+# first [[objects]] table of GOOD.
+DECOYS = {
+    "basic multi-line string": '''description = """
+quoting a scenario, with an escaped quote \\""" and a line ending in a backslash \\
+[[steps]]
+op = "exit"
+access = "read"
+"""
+''',
+    "literal multi-line string": """description = '''
+[[steps]]
+access = "read"
+'''
+""",
+    "content ending in a quote": '''description = """
+[[steps]]
+op = "exit" "\"""
+''',
+}
+
+
+@pytest.mark.parametrize("decoy", list(DECOYS))
+def test_error_lines_count_multi_line_strings_and_arrays(tmp_path, decoy):
+    """An error in a step is reported at that step's line and key, whatever lines above it look like
+    [[steps]] or a key inside a string or an array."""
+    text = GOOD.replace('name = "t"\n', 'name = "t"\n' + DECOYS[decoy], 1)
+    bad = text.replace('access = "write"\n', 'access = "poke"\n')
+    path = _write(tmp_path, bad)
+    with pytest.raises(ScenarioError, match=r"use 'read' or 'write'") as err:
+        load(path)
+    assert err.value.line == bad.splitlines().index('access = "poke"') + 1
+
+
+def test_layout_steps_over_multi_line_arrays_and_inline_tables():
+    text = '''name = "t"
+[[steps]]
+op = "spawn"
+list = [
+  "[[steps]]",  # [[steps]]
+  """
+[[steps]]
+pid = "x"
+""",
+  { pid = "y" },
+  [1, [2]],
+]
+pid = "a"  # the key, not the text above
+[[ "steps" ]]
+'op' = "exit"
+'''
+    layout = scan(text)
+    assert layout.headers == {("steps", 0): 2, ("steps", 1): 14}
+    assert layout.keys[("steps", 0)] == {"op": 3, "list": 4, "pid": 13}
+    assert layout.keys[("steps", 1)] == {"op": 15}
+    assert layout.top == {"name": 1}
 
 
 def test_invalid_toml(tmp_path):

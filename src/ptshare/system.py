@@ -73,7 +73,8 @@ class System:
 
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
                  aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
-                 thp: str = "madvise", check: bool = False, translation: bool | dict = False) -> None:
+                 thp: str = "madvise", task_size: int | None = None, check: bool = False,
+                 translation: bool | dict = False) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
@@ -83,6 +84,10 @@ class System:
             raise SimulationError(f"thp must be one of {', '.join(THP_MODES)}, not {thp!r}")
         self.k.thp = thp
         self.fixed_mmap_base = None if mmap_base is None else _size(mmap_base, "mmap_base")
+        if task_size is not None:  # an address space whose top is taken (the host's own-layout runs)
+            if not 0 < task_size <= self.k.geom.task_size:
+                raise SimulationError(f"task_size {task_size:#x} is not inside the user address space")
+            self.k.task_size = task_size
         self.check = check
         if check:
             self.k.read_log = []
@@ -228,12 +233,13 @@ class System:
 
     def _mmap_aligned(self, task: Task, length: int, flags: int, obj, off: int, shared: bool, hint: int,
                       alignment: int) -> int:
-        """Map ``length`` bytes at an ``alignment`` boundary: map more, then unmap the excess
-        (what a program does to get an aligned mapping from a plain mmap)."""
+        """Map ``length`` bytes at an ``alignment`` boundary as a program gets one from plain mmap
+        calls: reserve ``length + alignment`` bytes of inaccessible private memory where the
+        kernel chooses, unmap the reservation, and map at the first aligned address in it."""
         k = self.k
         if obj is not None and obj.is_hugetlb:
             alignment = max(alignment, k.geom.hpage_size)
-        addr = _mmap.get_unmapped_area(k, task.mm, hint, length + alignment, off >> 12, obj, shared)
+        addr = _mmap.get_unmapped_area(k, task.mm, hint, length + alignment, 0, None, False)
         start = -(-addr // alignment) * alignment
         _mmap.do_mmap(k, task.mm, length, flags, obj=obj, offset=off, shared=shared, addr=start, fixed=True)
         return start
@@ -411,6 +417,8 @@ class System:
             "shared_tables": int((shared_users >= 2).sum()),
             "pt_shared": k.events["pt_shared"],
             "pt_unshared": k.events["pt_unshared"],
+            "pt_cow_shared": k.events["pt_cow_shared"],
+            "pt_copied": k.events["pt_copied"],
             "ptes_copied": k.events["ptes_copied"],
             "faults": k.events["fault"],
             "cow_copies": k.events["fault_wp_copy"] + k.events["fault_cow"],

@@ -93,11 +93,27 @@ def hugetlb_1t(scale: float) -> Scenario:
     return sc
 
 
+def many_vmas(scale: float) -> Scenario:
+    n = max(100, int(10_000 * scale))
+    sc = Scenario("many-vmas-10k", f"a process maps {n:,} small shared mappings (as many VMAs) and writes "
+                  "each, forks; the child makes each read-only, then unmaps each", Machine(aslr_bits=0))
+    sc.step("spawn", pid="parent")
+    sc.step("mmap", pid="parent", vma="m{i}", size="8192", shared=True, repeat=n)
+    sc.step("touch", pid="parent", vma="m{i}", access="write", repeat=n)
+    sc.step("fork", pid="parent", child="child")
+    sc.step("mprotect", pid="child", vma="m{i}", prot="r", repeat=n)
+    sc.step("munmap", pid="child", vma="m{i}", repeat=n)
+    sc.step("exit", pid="child")
+    return sc
+
+
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("fork-private-4g", "4 GiB private anon written, fork, child exits", ("eager", "lazy", "linux"),
          fork_private, target_s=1.0, host=True),
     Case("fork-shared-4g-read", "4 GiB shared anon written, fork, child reads all", ("eager", "lazy", "linux"),
          fork_shared_read, target_s=1.0, host=True),
+    Case("many-vmas-10k", "10,000 small shared mappings, each written; fork; the child mprotects and unmaps each",
+         ("linux",), many_vmas, host=True),
     Case("pgbench-like", "16 GiB shared buffers, 1,000 backends reading a zipf 10% sample",
          ("linux", "shared-pt", "eager"), pgbench(1000), target_s=20.0),
     Case("sga-300g", "300 GiB shmem, 1,500 processes attaching it at one address and reading all of it",

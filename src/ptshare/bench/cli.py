@@ -6,6 +6,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from ..cli.output import check_output, write_output
 from ..cli.render import table
@@ -65,6 +66,26 @@ def _real(profile: str | None) -> dict:
             "sizes": [r.to_json() for r in results], "left_out": left_out}
 
 
+def _previous(path: str) -> dict[tuple[str, str], dict]:
+    """The results of the last run written to ``path`` (kept so that a run shows what changed), by
+    (case, policy); nothing if there is none or it is not a bench results file."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("schema") != "ptshare.bench/1":
+        return {}
+    return {(r["case"], r["policy"]): {**r, "scale": doc.get("scale")} for r in doc.get("results", [])
+            if isinstance(r, dict) and "case" in r and "policy" in r}
+
+
+def _was(old: dict | None, scale: float) -> str:
+    if old is None or old.get("scale") != scale or "wall_s_median" not in old:
+        return "-"
+    cpu = old.get("cpu_s_median")
+    return f"{old['wall_s_median']:.2f} s" + (f" ({cpu:.2f} s)" if cpu is not None else "")
+
+
 def cmd_bench(args) -> int:
     if not 0 < args.scale <= 1:
         raise UsageError("--scale must be more than 0 and at most 1")
@@ -75,21 +96,24 @@ def cmd_bench(args) -> int:
         if name not in ALL:
             raise UsageError(f"unknown bench case {name!r}; cases: {', '.join(ALL)}")
     check_output(args.output, "bench-results.json")
+    previous = _previous(args.output)
     rows, docs = [], []
     for name in names:
         case = ALL[name]
         for policy in case.policies:
             runs = [_one(name, policy, args.scale) for _ in range(args.repeat)]
             wall = statistics.median(r["wall_s"] for r in runs)
+            cpu = statistics.median(r["cpu_s"] for r in runs)
             peak = statistics.median(r["peak_rss_kb"] for r in runs) / 2**20
             last = runs[-1]
             ok = (case.target_s is None or wall <= case.target_s) and \
                 (case.target_gib is None or peak <= case.target_gib)
             target = " / ".join(t for t in (f"< {case.target_s:g} s" if case.target_s else "",
                                             f"< {case.target_gib:g} GiB" if case.target_gib else "") if t)
-            rows.append([name, policy, f"{wall:.2f} s", f"{peak:.2f} GiB", f"{last['pagetables_kb'] / 2**20:.2f} GiB",
+            rows.append([name, policy, f"{wall:.2f} s ({cpu:.2f} s)", _was(previous.get((name, policy)), args.scale),
+                         f"{peak:.2f} GiB", f"{last['pagetables_kb'] / 2**20:.2f} GiB",
                          last["faults"], last["ptes_copied"], target or "-", "yes" if ok else "NO" if target else ""])
-            docs.append({**last, "wall_s_median": wall, "peak_gib_median": peak, "runs": len(runs),
+            docs.append({**last, "wall_s_median": wall, "cpu_s_median": cpu, "peak_gib_median": peak, "runs": len(runs),
                          "wall_s_all": [r["wall_s"] for r in runs], "target": target, "met": ok})
             print(f"  {name} [{policy}]: {wall:.2f} s, {peak:.2f} GiB", file=sys.stderr)
     host, host_records = [], []
@@ -98,11 +122,13 @@ def cmd_bench(args) -> int:
 
         host, host_records = compare_with_host([n for n in names if ALL[n].host], args.scale)
     real = _real(args.profile) if args.real else None
-    headers = ["case", "policy", "sim wall", "sim peak RSS", "page tables (simulated)", "faults", "PTEs copied",
-               "target", "met"]
+    headers = ["case", "policy", "sim wall (CPU)", "before", "sim peak RSS", "page tables (simulated)", "faults",
+               "PTEs copied", "target", "met"]
     print(f"ptshare bench on {describe()}, median of {args.repeat}")
     if rows:
-        print(table(headers, rows, "llrrrrrll"))
+        print(table(headers, rows, "llrrrrrrll"))
+        print("before: the last results written to " + args.output + " at the same scale; CPU time is what a busy "
+              "machine inflates least")
     if host:
         print()
         print("simulating under linux against this machine's kernel doing it (under 1: the simulator is faster)")

@@ -24,7 +24,7 @@ from ..scenario import run
 from ..units import format_ns
 from .cases import ALL
 
-COMPARED_OPS = ("mmap", "touch", "fork", "exit")
+COMPARED_OPS = ("mmap", "touch", "fork", "exit", "mprotect", "munmap")
 
 
 def compare_with_host(names: list[str], scale: float) -> tuple[list[list], list[dict]]:
@@ -52,8 +52,8 @@ def compare_with_host(names: list[str], scale: float) -> tuple[list[list], list[
         if error is not None:
             raise PtshareError(f"--vs-host: {name} failed on the host: {error}")
         sim = run(scenario, "linux")
-        pairs = [(s.op, s.pid, s.wall_ns, h.wall_ns) for s, h in zip(sim.steps, host.steps, strict=True)
-                 if s.op in COMPARED_OPS]
+        pairs = [(s.op if s.repeat == 1 else f"{s.op} x{s.repeat:,}", s.pid, s.wall_ns, h.wall_ns)
+                 for s, h in zip(sim.steps, host.steps, strict=True) if s.op in COMPARED_OPS]
         label = name if used == scale else f"{name} (scale {used:g})"
         record = {"case": name, "scale": used, "policy": "linux", "steps": []}
         for op, pid, sim_ns, kernel_ns in pairs:

@@ -45,6 +45,8 @@ UNMEASURABLE: dict[str, str] = {
     "tlb_flush_all": "only the sharing policies unshare tables; this kernel has none",
     "pt_shared": "only the sharing policies (and hugetlb PMD sharing) attach tables",
     "pt_unshared": "only the sharing policies (and hugetlb PMD sharing) unshare tables",
+    "pt_cow_shared": "only on-demand fork shares tables copy-on-write; this kernel has none",
+    "pt_copied": "only on-demand fork copies shared tables; this kernel has none",
     "fault_spurious": "only after a shared table is attached",
 }
 NOT_CHARGED: dict[str, str] = {

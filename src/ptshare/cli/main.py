@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from ..errors import PtshareError, ScenarioError, UsageError
 from ..policies import POLICIES
 from . import render
+from .helptext import ArgumentParser
 from .output import check_output, write_output
 from .progress import Progress
 
-FORMATS = ("table", "json", "csv")
+FORMATS = ("table", "json", "jsonl", "csv")
 
 
 def _policies(text: str) -> list[str]:
@@ -88,6 +89,8 @@ def _emit_runs(results: list, fmt: str, output: str | None) -> None:
     if fmt == "json":
         docs = [r.to_json() for r in results]
         text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=1)
+    elif fmt == "jsonl":
+        text = "\n".join(json.dumps(r.to_json()) for r in results)
     elif fmt == "csv":
         text = render.run_csv(results)
     else:
@@ -104,8 +107,8 @@ def cmd_compare(args) -> int:
     results, error = _run_all(scenario, policies, args)
     complete = [r for r in results if r.complete]
     if complete:
-        if args.format == "json":
-            text = json.dumps(render.compare_json(complete), indent=1)
+        if args.format in ("json", "jsonl"):
+            text = json.dumps(render.compare_json(complete), indent=1 if args.format == "json" else None)
         elif args.format == "csv":
             text = render.compare_csv(complete)
         else:
@@ -131,9 +134,9 @@ COMMAND_MODULES = ("ptshare.host.cli", "ptshare.snapshot.cli", "ptshare.calibrat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptshare", description="What do page tables cost a system of many "
-                                     "processes, and what does sharing them save?")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = ArgumentParser(prog="ptshare", description="What do page tables cost a system of many "
+                            "processes, and what does sharing them save?")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
 
     def common(p: argparse.ArgumentParser, default_policy: str) -> None:

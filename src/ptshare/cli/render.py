@@ -49,7 +49,7 @@ def run_table(result: RunResult) -> str:
                      format_ns(step.est_ns), format_ns(step.wall_ns)])
         prev_faults = faults
     wall = "sim wall" if result.backend == "sim" else f"{result.backend} wall"
-    out.append(table(["step", "op", "pid", "faults", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
+    out.append(table(["step", "op", "pid", "faults in step", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
     final = result.final
     if final is not None:
         out.append("")
@@ -69,7 +69,7 @@ def process_table(processes: dict[str, dict]) -> str:
         p = processes[name]
         rows.append([name, "yes" if p.get("alive") else "no", p["minflt"], p["vmpte_kb"], p["rss_kb"],
                      p.get("pt_shared_kb", 0)])
-    text = table(["process", "alive", "minflt", "VmPTE kB", "RSS kB", "shared PT kB"], rows, "llrrrr")
+    text = table(["process", "alive", "minflt (total)", "VmPTE kB", "RSS kB", "shared PT kB"], rows, "llrrrr")
     if len(names) > MAX_PROCESS_ROWS:
         rest = [processes[n] for n in names[MAX_PROCESS_ROWS:]]
         text += (f"\n... and {len(rest):,} more processes: minflt {sum(p['minflt'] for p in rest):,} in all, "
@@ -77,13 +77,26 @@ def process_table(processes: dict[str, dict]) -> str:
     return text
 
 
+def _in_forks(r: RunResult, key: str) -> int:
+    """How much of the cumulative system counter ``key`` grew in fork steps."""
+    grew, before = 0, 0
+    for s in r.steps:
+        if s.op == "fork":
+            grew += s.system[key] - before
+        before = s.system[key]
+    return grew
+
+
 COMPARE_ROWS = [
     ("faults (minflt, all processes)", lambda r: r.final.system["faults"]),
     ("page tables at the end (kB)", lambda r: r.final.system["pagetables_kb"]),
     ("page tables at most (kB)", lambda r: max(s.system["pagetables_kb"] for s in r.steps)),
-    ("PTEs copied at fork", lambda r: r.final.system["ptes_copied"]),
+    ("PTEs copied at fork", lambda r: _in_forks(r, "ptes_copied")),
+    ("PTEs copied later (shared tables copied)", lambda r: r.final.system["ptes_copied"] - _in_forks(r, "ptes_copied")),
     ("COW copies", lambda r: r.final.system["cow_copies"]),
     ("page tables shared", lambda r: r.final.system["pt_shared"]),
+    ("page tables shared copy-on-write at fork", lambda r: r.final.system["pt_cow_shared"]),
+    ("shared page tables copied", lambda r: r.final.system["pt_copied"]),
     ("shared tables at the end", lambda r: r.final.system["shared_tables"]),
     ("unshares", lambda r: r.final.system["pt_unshared"]),
     ("TLB flushes on all CPUs", lambda r: r.final.system["tlb_flush_all"]),
@@ -137,6 +150,8 @@ def compare_json(results: list[RunResult]) -> dict:
                 "pt_shared": r.final.system["pt_shared"],
                 "shared_tables": r.final.system["shared_tables"],
                 "pt_unshared": r.final.system["pt_unshared"],
+                "pt_cow_shared": r.final.system["pt_cow_shared"],
+                "pt_copied": r.final.system["pt_copied"],
                 "tlb_flush_all": r.final.system["tlb_flush_all"],
                 "est_ns": round(sum(s.est_ns for s in r.steps)),
                 "est_fork_ns": round(sum(s.est_ns for s in r.steps if s.op == "fork")),

@@ -67,12 +67,53 @@ class RunSpec:
 
 @dataclass
 class Series:
-    """One line (or one set of bars) of a panel."""
+    """One line (or one set of bars) of a panel.  ``low`` and ``high``: a spread around ``y`` (the
+    least and the most of several runs), drawn as a band."""
 
     name: str
     x: list[Any]
     y: list[float]
     style: str = "line"  # line | marker | dashed | bar
+    low: list[float] | None = None
+    high: list[float] | None = None
+
+
+def policy_of(name: str) -> str | None:
+    """The policy a series or a bar is named after (its name, or its label), else None."""
+    if name in POLICIES:
+        return name
+    return next((p for p, cls in POLICIES.items() if cls.label == name), None)
+
+
+CLOSE = 0.01  # lines whose values are all within 1% of each other are drawn apart and named in the caption
+
+
+def coincident(panel: Panel) -> list[tuple[list[str], bool]]:
+    """Groups of the panel's lines that would hide one another: the same x, and every y within
+    CLOSE of the first's.  Each group is (the names, whether the values are exactly equal)."""
+    groups: list[tuple[Series, list[Series]]] = []
+    for s in (x for x in panel.series if x.style == "line"):
+        for first, members in groups:
+            if first.x == s.x and all(abs(a - b) <= CLOSE * max(abs(a), abs(b)) for a, b in zip(first.y, s.y,
+                                                                                                   strict=True)):
+                members.append(s)
+                break
+        else:
+            groups.append((s, [s]))
+    return [([m.name for m in members], all(m.y == first.y for m in members))
+            for first, members in groups if len(members) > 1]
+
+
+def coincidence_note(figure: Figure) -> str:
+    """The caption's sentence on lines drawn apart because they coincide ("" when none do)."""
+    notes = []
+    for panel in figure.panels:
+        for names, equal in coincident(panel):
+            where = f" in '{panel.title}'" if len(figure.panels) > 1 else ""
+            same = "give the same values" if equal else f"are within {CLOSE:.0%} of each other"
+            notes.append(f"{and_list(names)} {same}{where}")
+    text = "; ".join(notes)
+    return f"{text[0].upper()}{text[1:]} (drawn side by side, a few points apart)." if text else ""
 
 
 @dataclass
@@ -200,6 +241,15 @@ def sig(x: float, digits: int = 3) -> str:
         return f"{x:g}"
     decimals = min(4, max(0, digits - 1 - math.floor(math.log10(abs(x)))))
     return f"{x:,.{decimals}f}"
+
+
+def count(n: int, thing: str, things: str | None = None) -> str:
+    """``1 all-CPU TLB flush``, ``2,048 all-CPU TLB flushes``: ``n`` with separators, and ``thing``
+    in the singular or the plural (``things``; default: ``thing`` + ``s``, or ``es`` after s, x, ch, sh)."""
+    if n == 1:
+        return f"1 {thing}"
+    plural = things or thing + ("es" if thing.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{n:,} {plural}"
 
 
 def and_list(items: list[str]) -> str:

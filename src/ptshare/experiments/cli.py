@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli.helptext import RawDescriptionHelpFormatter
 from ..cli.options import whole_number
 from ..cli.output import check_output
 from ..errors import UsageError
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run one experiment: a figure, a table and what they show",
                        description="Runs the experiment's simulator runs (reusing those already in the database), "
                        "stores each as it finishes, and prints its table and findings.",
-                       epilog=_parameters(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_parameters(), formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--db", help=DB_HELP)
@@ -59,8 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run every experiment and write the report",
-                       description="Runs every experiment on its default parameters, stores the runs in "
-                       "DIR/results.db (a re-run reuses them) and writes DIR/report.html and DIR/figures/*.png.")
+                       description="Runs every experiment on its default parameters, stores the runs in the "
+                       "results database that 'ptshare results' and 'ptshare report' read (a re-run reuses them) "
+                       "and writes DIR/report.html and DIR/figures/*.png.")
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: ./{DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small sizes: the whole demo in well under a minute")
     p.add_argument("--with-host", action="store_true", help="also measure fork-vs-segment on this machine's kernel")
@@ -223,12 +226,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} exists and is not a directory")
     plans = [_params(name, [], args.quick, args.with_host and name == "fork-vs-segment", distributed_wanted(args))
              for name in EXPERIMENTS]
-    with ResultsDB(out / "results.db") as db, executor_for(args) as executor:
+    with _db(args.db) as db, executor_for(args) as executor:
         for exp, params in plans:
             outcome, tally = run_experiment(exp, params, db, executor=executor)
             print(_text(outcome))
             print(f"({tally.ran} runs made, {tally.reused} reused)\n")
             sys.stdout.flush()
         path = write_report(db, out)
+        where = db.path
+    print(f"The runs are stored in {where}: 'ptshare results' lists them and 'ptshare report' writes the report "
+          "again from them" + ("" if args.db is None else f" (with --db {where})") + ".")
     print(path)  # last, alone on its line, as 'ptshare report' prints it
     return 0

@@ -28,6 +28,7 @@ from .base import (
     Series,
     Table,
     and_list,
+    count,
     crossing,
     gib_bytes,
     gib_text,
@@ -214,8 +215,8 @@ class Database(Experiment):
         rows = [[p, facts[f"{p}_peak_mib"], facts[f"{p}_faults_per_txn"], facts[f"{p}_us_per_txn"]]
                 for p in policies]
         table = Table(["policy", "peak PageTables (MiB)", "faults per transaction", "est. µs per transaction"], rows)
-        notes = [f"IBM-like run, {n} agents: {f:.2f} GB freed" for n, f in zip(agents, freed, strict=True)]
-        notes += [f"steady state, {n} backends: shared page tables {facts[f'steady_gain_pct@{n}']:+.1f}% "
+        notes = [f"IBM-like run, {n:,} agents: {f:,.2f} GB freed" for n, f in zip(agents, freed, strict=True)]
+        notes += [f"steady state, {n:,} backends: shared page tables {facts[f'steady_gain_pct@{n}']:+.1f}% "
                   "transactions per CPU-second" for n in params["steady_backends"]]
         return self.outcome(params, figure, table, self._sentences(params, facts), facts, notes)
 
@@ -244,7 +245,7 @@ class Database(Experiment):
             facts[f"steady_us_per_txn@{n}"] = {p: per_txn[p][i] for p in per_txn}
         series = []
         for p in params["ibm_policies"]:
-            name = LABELS.get(p, p)
+            name = label(p)
             series += [Series(f"{name}: LLC", ns, walks[p][0]), Series(f"{name}: DRAM", ns, walks[p][1], "dashed")]
         gains = [facts[f"steady_gain_pct@{n}"] for n in ns]
         return [
@@ -263,13 +264,13 @@ class Database(Experiment):
                         f"{words(p)}" for p in policies])
         unshare = ""
         if "shared-pt" in policies and facts["shared-pt_unshared"]:
-            unshare = (f" (shared page tables spend {facts['shared-pt_exit_pct']:.0f}% of their time in exits, which "
-                       f"unshared {facts['shared-pt_unshared']:,} tables with {facts['shared-pt_flushes_all']:,} "
-                       "all-CPU TLB flushes)")
+            unshare = (f" (shared page tables spend {facts['shared-pt_exit_pct']:,.0f}% of their time in exits, which "
+                       f"unshared {count(facts['shared-pt_unshared'], 'table')} with "
+                       f"{count(facts['shared-pt_flushes_all'], 'all-CPU TLB flush')})")
         agents, pool = params["ibm_agents"], gib_text(params["ibm_pool_gib"])
         at14 = facts["ibm_agents_for_14gb"]
-        reach = (f"the saving passes 14 GB at about {at14:.0f} agents" if at14 is not None
-                 else f"the saving stays under 14 GB up to {agents[-1]} agents")
+        reach = (f"the saving passes 14 GB at about {at14:,.0f} agents" if at14 is not None
+                 else f"the saving stays under 14 GB up to {agents[-1]:,} agents")
         out = [
             f"With {n} backends over a {gib_text(params['pool_gib'])} buffer pool, {params['group_size']} of them "
             f"replaced after every round, page tables peak at {peaks}.",
@@ -277,7 +278,7 @@ class Database(Experiment):
             f"{per}; cheapest under {words(facts['cheapest'])}{unshare}.",
             f"In an IBM-2006-like configuration ({pool} buffer pool on a {gib_text(params['ibm_memory_gib'])} "
             f"machine, every agent having read all of it), shared page tables free {sig(facts['ibm_freed_gb'])} GB "
-            f"of the {sig(facts['ibm_linux_gb'])} GB of page tables with {agents[-1]} agents (IBM reported over "
+            f"of the {sig(facts['ibm_linux_gb'])} GB of page tables with {agents[-1]:,} agents (IBM reported over "
             f"14 GB); {reach}.",
         ]
         ns = params["steady_backends"]

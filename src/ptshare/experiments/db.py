@@ -1,7 +1,8 @@
 """The results database: every run an experiment makes, in one SQLite file.
 
 Where it is: ``--db PATH``; else ``$PTSHARE_DB``; else ``$XDG_DATA_HOME/ptshare/results.db``
-(``~/.local/share/ptshare/results.db``).  ``ptshare demo`` keeps its own, ``DIR/results.db``.
+(``~/.local/share/ptshare/results.db``), for every command: ``ptshare demo`` too, so that
+``ptshare results`` and ``ptshare report`` find what it ran.
 
 Each run is one row, written in a transaction of its own as soon as the run finishes, so an
 interrupted experiment loses only the run it was in.  A run is identified by ``key``, a hash of
@@ -207,6 +208,16 @@ class ResultsDB:
             "WHERE id IN (SELECT MAX(id) FROM experiments GROUP BY name) ORDER BY id").fetchall()
         return [ExperimentRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], json.loads(r[5]), r[6], r[7])
                 for r in rows]
+
+    def provenance(self, keys: list[str]) -> list[tuple[str, str, str]]:
+        """(backend, cost profile, machine) of the stored runs among ``keys``, each once, sorted: the
+        machine is the profile's for a simulated run, and the one measured for a host run."""
+        found: set[tuple[str, str, str]] = set()
+        for key in keys:
+            row = self.conn.execute("SELECT backend, profile, machine FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found.add(tuple(row))
+        return sorted(found)
 
     def stored(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """``{key: metrics}`` of those of ``keys`` that are stored."""

@@ -53,7 +53,10 @@ class SerialExecutor:
 
     def map(self, work: Work, jobs: list[Job], bar: RunsBar) -> Iterator[tuple[Job, Made]]:
         for index, job in enumerate(jobs):
-            yield job, work(job, bar.run(index, job.spec.label))
+            step = bar.run(index, job.spec.label)
+            made = work(job, step)
+            step(1, 1)  # finished (a host run reports no steps)
+            yield job, made
 
 
 class DaskExecutor:

@@ -10,11 +10,24 @@ import io
 import re
 from pathlib import Path
 
-from .base import Figure, Panel, sig
+from .base import Figure, Panel, coincident, policy_of, sig
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # lines that coincide stay distinguishable
-DASHES = ("-", (0, (5, 2)), "-", (0, (1, 1)), "-", (0, (5, 2)), "-")
+# Lines that are not one policy's (the aslr variants): colours and markers no policy uses.
+OTHER_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#000000", "#aec7e8", "#98df8a")
+OTHER_MARKERS = ("<", ">", "*", "h", "x", "d", "p")
+APART_POINTS = 4.0  # how far apart coinciding lines are drawn: this far right, half as far up (a flat line
+# needs the rise to be seen; keeping it small keeps the value read off the axis close)
+
+
+def style_of(name: str, n: int) -> tuple[str, str]:
+    """(colour, marker) of a series or bar called ``name``: its policy's own when it is named after one
+    (the same in every figure), else the ``n``-th of the others."""
+    from ..policies import POLICIES
+
+    policy = policy_of(name)
+    if policy is not None:
+        return POLICIES[policy].color, POLICIES[policy].marker
+    return OTHER_COLORS[n % len(OTHER_COLORS)], OTHER_MARKERS[n % len(OTHER_MARKERS)]
 
 
 def draw(figure: Figure, png: Path | None = None) -> str:
@@ -40,20 +53,32 @@ def draw(figure: Figure, png: Path | None = None) -> str:
 
 
 def _panel(ax, panel: Panel, outside: bool) -> None:
-    """One panel; ``outside``: its legend to the right of the plot, where it hides no line."""
+    """One panel; ``outside``: its legend to the right of the plot, where it hides no line.  Lines
+    that would hide each other (:func:`~.base.coincident`) are shifted a few points apart."""
+    from matplotlib.transforms import ScaledTranslation
+
     bars = [s for s in panel.series if s.style == "bar"]
     if bars:
         _bars(ax, panel)
-    for n, s in enumerate(x for x in panel.series if x.style != "bar"):
-        color = COLORS[n % len(COLORS)]
+    shift = {name: k for names, _ in coincident(panel) for k, name in enumerate(names)}
+    others = 0
+    for s in (x for x in panel.series if x.style != "bar"):
         if s.style == "marker":
             ax.plot(s.x, s.y, "s", color="black", markersize=6, label=s.name)
-        elif s.style == "dashed":
+            continue
+        if s.style == "dashed":
             ax.plot(s.x, s.y, "--", color="gray", linewidth=1.2, label=s.name)
-        else:
-            ax.plot(s.x, s.y, linestyle=DASHES[n % len(DASHES)], marker=MARKERS[n % len(MARKERS)], color=color,
-                    linewidth=1.5, label=s.name,
-                    markersize=4 if len(s.x) <= 20 else 0, markerfacecolor="none")
+            continue
+        color, marker = style_of(s.name, others)
+        others += policy_of(s.name) is None
+        drawn = ax.plot(s.x, s.y, marker=marker, color=color, linewidth=1.5, label=s.name,
+                        markersize=5 if len(s.x) <= 20 else 0, markerfacecolor="none", markeredgewidth=1.2)
+        if s.low is not None and s.high is not None:
+            drawn.append(ax.fill_between(s.x, s.low, s.high, color=color, alpha=0.18, linewidth=0))
+        if shift.get(s.name):  # moved once drawn, so that the axes' limits stay those of the data
+            apart = shift[s.name] * APART_POINTS / 72
+            for artist in drawn:
+                artist.set_transform(ax.transData + ScaledTranslation(apart, apart / 2, ax.figure.dpi_scale_trans))
     for label, y in panel.hlines:
         ax.axhline(y, linestyle=":", color="black", linewidth=1, label=label)
     for label, x in panel.vlines:
@@ -89,8 +114,8 @@ def _bars(ax, panel: Panel) -> None:
     width = 0.8 / len(bars)
     for n, s in enumerate(bars):
         xs = [i + (n - (len(bars) - 1) / 2) * width for i in range(len(cats))]
-        drawn = ax.bar(xs, s.y, width, color=[COLORS[i % len(COLORS)] for i in range(len(cats))]
-                       if len(bars) == 1 else COLORS[n], label=s.name if len(bars) > 1 else None)
+        colors = [style_of(str(c), i)[0] for i, c in enumerate(cats)] if len(bars) == 1 else style_of(s.name, n)[0]
+        drawn = ax.bar(xs, s.y, width, color=colors, label=s.name if len(bars) > 1 else None)
         ax.bar_label(drawn, labels=[sig(v) for v in s.y], fontsize=8, padding=2)
     ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=12 if len(cats) > 3 else 0, fontsize=8)
     ax.margins(y=0.15)

@@ -21,6 +21,7 @@ from .base import (
     Series,
     Table,
     and_list,
+    count,
     gib_bytes,
     gib_text,
     label,
@@ -121,7 +122,7 @@ class ForkExec(Experiment):
             extra = ""
             if "shared-pt" in policies:
                 extra = (f"; shared page tables also attach the segment's {facts['pt_shared']:,} PTE tables and "
-                         f"unshare them at exec, {facts['shared-pt_tlb_flush_all']:,} all-CPU TLB flushes")
+                         f"unshare them at exec, {count(facts['shared-pt_tlb_flush_all'], 'all-CPU TLB flush')}")
             out.append(f"Skipping the segment is all lazy copy saves: {words(p)} still copies the heap's "
                        f"{facts[f'{p}_ptes_copied']:,} PTEs, which exec frees unused{extra}.")
         p = "linux" if "linux" in policies else policies[0]

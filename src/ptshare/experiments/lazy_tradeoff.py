@@ -114,7 +114,7 @@ class LazyTradeoff(Experiment):
             x = facts[f"{p}_breakeven_pct"]
             if x is None:
                 return "at every fraction measured"
-            return f"{'while the child reads ' if first else ''}less than {x:.1f}%" + (
+            return f"{'while the child reads ' if first else ''}less than {x:,.1f}%" + (
                 f" of the {facts['segment']} segment" if first else "")
 
         out = []
@@ -125,8 +125,8 @@ class LazyTradeoff(Experiment):
             out.append(f"Skipping the copy beats eager copy {', and '.join(parts)}.")
             costs = and_list([f"{facts[f'{p}_ms_at_all']:.1f} ms under {words(p)}" for p in lazy])
             out.append(f"Past that, the child's faults cost more than the copy fork skipped: reading all of it "
-                       f"costs {costs}, against {facts['eager_ms']:.1f} ms for eager copy's fork.")
+                       f"costs {costs}, against {facts['eager_ms']:,.1f} ms for eager copy's fork.")
         if "shared-pt" in policies:
-            out.append(f"Shared page tables pay neither: at most {facts['shared-pt_ms_max']:.2f} ms and "
+            out.append(f"Shared page tables pay neither: at most {facts['shared-pt_ms_max']:,.2f} ms and "
                        f"{facts['shared-pt_faults_max']:,} faults, whatever part the child reads.")
         return out

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
-from .base import Outcome, Table, sig
+from .base import Figure, Outcome, Table, coincidence_note, sig
 from .db import ExperimentRecord, ResultsDB
 from .params import as_options
 from .progress import RunsBar
@@ -101,7 +101,8 @@ def _page(db: ResultsDB, sections: list[Section], unknown: list[str]) -> str:
         f"<code>{escape(str(db.path))}</code>; estimated times from the cost model {escape(profile)}.</p>",
         "<p>Each experiment below is a set of simulator runs; its figure, table and sentences are computed from "
         "the stored runs. Estimated times are the modelled kernel's, from a cost model of nanoseconds per event "
-        "measured on the machine named above; page-table memory is counted as Linux counts PageTables.</p>",
+        "measured on the machine named above; where the real kernel was measured too (the host backend), its "
+        "time is shown beside the modelled one. Page-table memory is counted as Linux counts PageTables.</p>",
         f"<ol>{toc}</ol>",
         *(_section(s, db) for s in sections),
     ]
@@ -129,13 +130,30 @@ def _section(s: Section, db: ResultsDB) -> str:
     return "\n".join([
         head,
         "<ul>" + "".join(f"<li>{escape(t)}</li>" for t in o.sentences) + "</ul>",
-        f'<figure aria-label="{escape(o.figure.name)}">{s.svg}<figcaption>{escape(o.figure.caption)}</figcaption>'
+        f'<figure aria-label="{escape(o.figure.name)}">{s.svg}<figcaption>{escape(caption(o.figure))}</figcaption>'
         "</figure>",
         _table(o.table),
-        f'<p class="meta">{total} runs, started {escape(s.record.started)}; parameters: {escape(params)}.</p>',
+        f'<p class="meta">{total} runs, started {escape(s.record.started)}; parameters: {escape(params)}. '
+        f"{escape(provenance(db.provenance(list(s.record.runs.values()))))}</p>",
         f'<ul class="notes">{notes}</ul>' if notes else "",
         "</section>",
     ])
+
+
+def provenance(rows: list[tuple[str, str, str]]) -> str:
+    """Where the section's times come from: "Modelled times: cost profile P, measured on M.  Measured
+    times: the kernel of M'." (per backend, from the runs' rows)."""
+    modelled = sorted({f"cost profile {p}, measured on {m}" for b, p, m in rows if b == "sim"})
+    measured = sorted({m for b, _, m in rows if b == "host"})
+    out = [f"Modelled times: {'; '.join(modelled)}."] if modelled else []
+    if measured:
+        out.append(f"Measured times: the kernel of {'; '.join(measured)}.")
+    return " ".join(out)
+
+
+def caption(figure: Figure) -> str:
+    """The figure's caption, and which of its lines are drawn apart because they coincide."""
+    return " ".join(filter(None, [figure.caption, coincidence_note(figure)]))
 
 
 def _value(v: Any) -> str:

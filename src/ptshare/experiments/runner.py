@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from .. import __version__
 from ..cost import CostModel, load_profile
 from ..errors import PtshareError, ScenarioError, UsageError
+from ..machine import describe
 from ..scenario import RunResult, run
 from .base import Experiment, Outcome, RunSpec, scenario_hash, scenario_json
 from .db import ResultsDB
@@ -153,7 +154,8 @@ def make_runs(jobs: list[Job], db: ResultsDB, executor: Executor | None = None,
                         "scenario": job.spec.scenario.name, "scenario_hash": scenario_hash(job.spec.scenario),
                         "scenario_json": scenario_json(job.spec.scenario), "policy": job.spec.policy,
                         "backend": job.spec.backend, "params": job.spec.params, "profile": job.cost.name,
-                        "machine": job.cost.machine, "version": __version__, "metrics": made.metrics,
+                        "machine": describe() if job.spec.backend == "host" else job.cost.machine,
+                        "version": __version__, "metrics": made.metrics,
                         "wall_s": made.wall_s})
             metrics[job.key] = made.metrics
             tally.ran += 1
@@ -166,7 +168,8 @@ def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, co
                    progress: bool | None = None, executor: Executor | None = None) -> tuple[Outcome, Tally]:
     """Make every run ``exp`` plans for ``params`` that ``db`` does not hold yet (on ``executor``; default
     here, one after the other), storing each one as it finishes; then analyse them all.  ``progress``:
-    draw a bar (default: on a terminal)."""
+    True draws a bar, False shows nothing, None (the default) draws a bar on a terminal and prints a
+    line per finished run elsewhere."""
     cost = cost or load_profile()
     specs = exp.plan(params)
     keys = {spec.label: run_key(exp, spec, cost) for spec in specs}

@@ -80,8 +80,12 @@ def run_host(scenario: Scenario, policies: list[str], args: Any) -> tuple[list[R
     return [result], error
 
 
-def run_on_host(scenario: Scenario, cost: CostModel | None = None) -> tuple[HostRunResult, PtshareError | None]:
-    """Run ``scenario`` on the host.  Returns what ran and the error that stopped it, if any."""
+def run_on_host(scenario: Scenario, cost: CostModel | None = None,
+                own_layout: bool = False) -> tuple[HostRunResult, PtshareError | None]:
+    """Run ``scenario`` on the host.  Returns what ran and the error that stopped it, if any.
+
+    With ``own_layout`` the kernel chooses where every mapping goes (:class:`.session.Session`);
+    ``measurement["floor"]`` is then the address below which the workers had it place them."""
     cost = cost or load_profile()
     check_host(scenario)
     plan = make_plan(scenario, cost)
@@ -103,7 +107,7 @@ def _run_plan(plan: Plan, cost: CostModel) -> tuple[HostRunResult, PtshareError 
     started = time.perf_counter_ns()
     own_start = read_status()["vmpte_kb"]
     with _signals_interrupt():
-        session = Session(plan)
+        session = Session(plan, own_layout)
         try:
             error = session.run()
             session.finish()
@@ -193,6 +197,7 @@ def _metrics(inc: Incarnation, status: dict[str, Any], alive: bool) -> dict[str,
         out[key] = raw.get(key, 0) - interp.get(key, 0)
     out["alive"] = alive
     out["pid"] = inc.pid
+    out["layout"] = status.get("layout", [])
     if not alive and inc.killed_by:
         out["killed_by"] = inc.killed_by
     return out
@@ -218,7 +223,7 @@ def _result(plan: Plan, session: Session, cost: CostModel, own_start: int, wall:
         }
         steps.append(StepResult(index=step.index, op=step.op, pid=step.fields.get("pid"), repeat=step.repeat,
                                 line=step.line, processes=processes, system=system, est_ns=record.planned.est_ns,
-                                wall_ns=record.wall_ns, signals=record.planned.signals))
+                                wall_ns=record.wall_ns, signals=record.signals))
     notes = _drift_notes(session)
     measurement = {
         "mmap_base": hex(plan.scenario.machine.mmap_base or 0),
@@ -228,6 +233,7 @@ def _result(plan: Plan, session: Session, cost: CostModel, own_start: int, wall:
                      "interp_start": inc.hello.get("interp") if inc.popen is not None else None,
                      "interp_end": inc.interp} for inc in session.everyone],
         "hugepages_reserved": plan.hugepages,
+        "floor": sorted({inc.hello.get("floor", 0) for inc in session.everyone}),
         "kernel": os.uname().release,
     }
     return HostRunResult(scenario=plan.scenario.name, policy="linux", backend="host", steps=steps,

@@ -15,8 +15,10 @@ SUITE = Path(__file__).resolve().parents[3] / "scenarios" / "validate"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="run scenarios on this machine's kernel and on the simulator, and compare",
                        description="Runs each scenario on the host kernel and on the simulator (policy linux, "
-                       "same addresses) and compares every process's faults, VmPTE and RSS after every step. "
-                       "Exit status 0 when all agree, 1 when any differs.")
+                       "same addresses, or with --own-layout the kernel's choices) and compares every process's "
+                       "faults, VmPTE, RSS and VMA layout after every step, and the signal of every bad access. "
+                       "A scenario the host cannot run is reported as refused and the others still run. "
+                       "Exit status 0 when all agree, 1 when any differs or is refused.")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                    help=f"scenario files or directories (default: the validation suite, {SUITE})")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -28,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--translation", action="store_true",
                    help="instead: time random pointer chases on this CPU (4 KiB and 2 MiB pages, processes and "
                    "threads) and check the translation model's ratios (root; a few minutes)")
+    p.add_argument("--own-layout", action="store_true",
+                   help="let the host kernel choose every address (mmap without a hint, mremap with MREMAP_MAYMOVE) "
+                   "and compare the layouts it makes, as /proc/PID/maps shows them, with the simulator's, as well "
+                   "as the counters")
     p.add_argument("--profile", help="a cost profile (TOML) for the predicted times; default: the shipped one")
     p.add_argument("--times", action="store_true",
                    help="also time every step on the host (CPU time, median of --time-runs interleaved runs, the "
@@ -69,7 +75,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         for n, scenario in enumerate(scenarios):
             progress(n, len(scenarios))
-            verdicts.append(validate.validate(scenario, cost, runs=args.runs or 3))
+            verdicts.append(validate.validate(scenario, cost, runs=args.runs or 3, own_layout=args.own_layout))
     finally:
         progress.close()
     times = None

@@ -1,5 +1,6 @@
 """Planning a host run: the scenario runs first on the simulator (policy ``linux``, no address
-randomisation, ``mmap_base`` at the top of the host window), which says where every mapping goes,
+randomisation, ``mmap_base`` at the top of the host window, or lower by as much as the scenario's
+mappings grow above it), which says where every mapping goes,
 which accesses a touch makes and where a process is killed; the host then puts every mapping at
 exactly that address, so that both backends build page tables for the same addresses and their
 counts can be compared entry for entry.  The plan also gives what the safety limits need: the
@@ -26,6 +27,9 @@ from .worker import WINDOW
 
 HOST_MMAP_BASE = WINDOW[1]
 HPAGE = 2 << 20
+# mmap_base moves down in steps of a PUD table's span (512 GiB), so that every mapping keeps its
+# place inside its page tables at every level, and the counts stay those of the scenario as written
+ROOM_STEP = 512 << 30
 
 
 @dataclass
@@ -35,6 +39,8 @@ class Op:
     kind: str
     pid: str | None
     args: dict[str, Any] = field(default_factory=dict)
+    vma: str | None = None  # the mapping it acts on, by handle
+    vma_base: int = 0  # where the simulator had that mapping when the operation was made
 
 
 @dataclass
@@ -42,7 +48,6 @@ class PlannedStep:
     step: Step
     ops: list[Op]
     est_ns: float
-    signals: list[dict]
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Plan:
     spawned: int  # interpreters started (spawn and exec)
     forked: int
     uses_thp: bool = False  # some mapping gets MADV_HUGEPAGE
+    highest: int = 0  # the highest end any mapping reached
 
 
 def host_scenario(scenario: Scenario) -> Scenario:
@@ -76,40 +82,68 @@ def host_scenario(scenario: Scenario) -> Scenario:
 
 
 def make_plan(scenario: Scenario, cost: CostModel | None = None) -> Plan:
-    """Run ``scenario`` on the simulator and record what the host must do, step by step."""
+    """Run ``scenario`` on the simulator and record what the host must do, step by step.
+
+    Without a ``[machine] mmap_base`` of its own, a scenario whose mappings reach above the window
+    (the topmost one grown in place by mremap, as Linux lets it) is planned again with
+    ``mmap_base`` that much lower (:func:`room_above`), so that every growth the simulator allows
+    fits on the host too.  ``plan.scenario`` has the ``mmap_base`` the host uses."""
     cost = cost or load_profile()
-    scenario = host_scenario(scenario)
+    placed = host_scenario(scenario)
+    if scenario.machine.mmap_base is not None:
+        return _make_plan(placed, cost, grows=False)
+    plan = _make_plan(placed, cost, grows=True)
+    room = room_above(plan.highest)
+    if room:
+        plan = _make_plan(_with_base(placed, WINDOW[1] - room), cost, grows=False)
+    return plan
+
+
+def room_above(highest: int) -> int:
+    """How far below the window's top ``mmap_base`` must be for mappings that reach ``highest``."""
+    if highest <= WINDOW[1]:
+        return 0
+    return -(-(highest - WINDOW[1]) // ROOM_STEP) * ROOM_STEP
+
+
+def _with_base(scenario: Scenario, base: int) -> Scenario:
+    return dataclasses.replace(scenario, machine=dataclasses.replace(scenario.machine, mmap_base=base))
+
+
+def _make_plan(scenario: Scenario, cost: CostModel, grows: bool) -> Plan:
     m = scenario.machine
     system = System("linux", memory=m.memory, cpus=m.cpus, aslr_bits=0, seed=m.seed, mmap_base=m.mmap_base)
     create_objects(scenario, system)
-    planner = _Planner(scenario, system)
+    planner = _Planner(scenario, system, grows)
     steps: list[PlannedStep] = []
     error = None
     for step in scenario.steps:
         before = system.k.events.snapshot()
         try:
-            ops, signals = planner.step(step)
+            ops = planner.step(step)
         except (SimulationError, MemoryError) as exc:
             error = step_error(scenario, step, exc)
             break
         except ScenarioError as exc:
             error = exc.located(scenario.path, step.line)
             break
-        steps.append(PlannedStep(step, ops, cost.estimate(system.k.events.snapshot() - before), signals))
+        steps.append(PlannedStep(step, ops, cost.estimate(system.k.events.snapshot() - before)))
     private_huge = sum(op.args["length"] for s in steps for op in s.ops
                        if op.kind == "mmap" and op.args["kind"] == "hugetlb" and not op.args["shared"])
     shared_huge = sum(o.size for o in scenario.objects if o.kind == "hugetlb")
     hugepages = -(-(shared_huge + private_huge) // HPAGE) + planner.peak_anon_huge
     return Plan(scenario, steps, error, system.k.frames.peak_units * 4, hugepages if shared_huge or private_huge
-                else 0, planner.spawned, planner.forked, planner.uses_thp)
+                else 0, planner.spawned, planner.forked, planner.uses_thp, planner.highest)
 
 
 class _Planner:
     """Runs steps on the simulator, turning each concrete one into host operations."""
 
-    def __init__(self, scenario: Scenario, system: System) -> None:
+    def __init__(self, scenario: Scenario, system: System, grows: bool) -> None:
         self.scenario = scenario
         self.system = system
+        self.grows = grows  # mappings may reach above the window: the plan is made again lower
+        self.highest = 0
         self.runner = Runner(scenario, system)
         self.kinds = {o.name: o.kind for o in scenario.objects}
         self.spawned = 0
@@ -119,23 +153,23 @@ class _Planner:
         self._private_huge = any(s.op == "mmap" and self.kinds.get(s.fields.get("object")) == "hugetlb"
                                  and not s.fields.get("shared", False) for s in scenario.steps)
 
-    def step(self, step: Step) -> tuple[list[Op], list[dict]]:
+    def step(self, step: Step) -> list[Op]:
         ops: list[Op] = []
-        signals: list[dict] = []
         for fields in step.expand():
-            ops.extend(self._concrete(step, fields, signals))
+            ops.extend(self._concrete(step, fields))
             if self._private_huge:
                 frames = self.system.k.frames
                 flags = frames.flags[frames.used_pfns()]
                 anon_huge = int(np.count_nonzero((flags & (PG_HUGE | PG_ANON)) == (PG_HUGE | PG_ANON)))
                 self.peak_anon_huge = max(self.peak_anon_huge, anon_huge)
-        return ops, signals
+        return ops
 
-    def _concrete(self, step: Step, fields: dict[str, Any], signals: list[dict]) -> list[Op]:
+    def _concrete(self, step: Step, fields: dict[str, Any]) -> list[Op]:
         op, pid = step.op, fields.get("pid")
         handles = self.runner.handles
+        vma = fields.get("vma")
         if op in ("munmap", "mprotect", "madvise", "touch", "mremap"):
-            base, size = handles[pid][fields["vma"]]
+            base, size = handles[pid][vma]
             offset = fields.get("offset", 0)
             length = fields.get("length", size - offset)
         touch = None
@@ -162,12 +196,14 @@ class _Planner:
             self.uses_thp |= huge
             return [Op(op, pid, {"addr": addr, "length": length, "prot": fields.get("prot", "rw"),
                                  "shared": fields.get("shared", False), "fixed": fields.get("fixed", False),
-                                 "object": obj, "offset": fields.get("offset", 0),
-                                 "kind": "anon" if obj is None else self.kinds[obj], "hugepage": huge})]
+                                 "object": obj, "offset": fields.get("offset", 0), "hint": fields.get("addr", 0),
+                                 "align": fields.get("align", 0),
+                                 "kind": "anon" if obj is None else self.kinds[obj], "hugepage": huge}, vma, addr)]
         if op == "mremap":
             new, new_size = handles[pid][fields["vma"]]
             self._check_window(new, new_size)
-            return [Op(op, pid, {"addr": base, "old": size, "new": new_size, "new_addr": new})]
+            return [Op(op, pid, {"addr": base, "old": size, "new": new_size, "new_addr": new,
+                                 "fixed": fields.get("addr") is not None}, vma, base)]
         if op in ("munmap", "mprotect", "madvise"):
             args = {"addr": base + offset, "length": length}
             if op == "mprotect":
@@ -175,19 +211,23 @@ class _Planner:
             if op == "madvise":
                 args["advice"] = advice_on_host(self.scenario.machine.thp, fields.get("advice", "dontneed"))
                 self.uses_thp |= args["advice"] == "hugepage"
-            return [Op(op, pid, args)]
+            return [Op(op, pid, args, vma, base)]
         assert touch is not None
         acc = accesses(**touch)
         done = len(acc)
         if signal is not None:
             done = _index_of(acc, signal.addr)
-            signals.append({"pid": pid, "signal": signal.signal, "addr": hex(signal.addr), "reason": signal.reason})
-        ops = [Op("touch", pid, {**touch, "write": fields.get("access", "read") == "write", "n": done})]
-        if signal is not None:
-            ops.append(Op("killed", pid, {"signal": signal.signal}))
+        write = fields.get("access", "read") == "write"
+        ops = [Op("touch", pid, {**touch, "write": write, "n": done}, vma, base)]
+        if signal is not None:  # the rest of the touch, from the access that kills it, is made in a probe
+            ops.append(Op("killed", pid, {"signal": signal.signal, "touch": {**touch, "write": write, "from": done,
+                                                                               "n": len(acc)}}, vma, base))
         return ops
 
     def _check_window(self, addr: int, length: int) -> None:
+        self.highest = max(self.highest, addr + length)
+        if self.grows and WINDOW[0] <= addr:
+            return
         if not (WINDOW[0] <= addr and addr + length <= WINDOW[1]):
             raise ScenarioError(f"the mapping at {addr:#x}-{addr + length:#x} is outside the range the host backend "
                                 f"maps scenario memory in ({WINDOW[0]:#x} to {WINDOW[1]:#x}), kept clear of the "

@@ -8,6 +8,7 @@ each is gone, closes the objects and gives back the huge pages.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -25,6 +26,7 @@ from .plan import Op, Plan, PlannedStep
 from .worker import read_status
 from .workspace import CAPACITY, Workspace
 
+ADDR_NO_RANDOMIZE = 0x0040000
 REPLY_TIMEOUT_S = 600
 GONE_TIMEOUT_S = 30
 WORKER_ENV = {
@@ -63,14 +65,22 @@ class StepRecord:
     pagetables_kb: int  # /proc/meminfo PageTables
     own_vmpte_kb: int  # this process's own page tables (the backend's), to take out of PageTables
     acted: set[str]  # processes that ran an operation in this step
+    signals: list[dict[str, Any]] = field(default_factory=list)  # the fatal accesses made, as the kernel saw them
 
 
 class Session:
-    def __init__(self, plan: Plan) -> None:
+    """Runs a plan.  With ``own_layout`` the kernel places every mapping (:mod:`.worker`'s
+    own-layout runs): the workers run without address randomisation, and every address of the plan
+    is taken as an offset into the mapping it falls in, which is wherever the kernel put it."""
+
+    def __init__(self, plan: Plan, own_layout: bool = False) -> None:
         self.plan = plan
+        self.own_layout = own_layout
+        self.placed: dict[str, dict[str, int]] = {}  # own layout: each process's mappings, by handle
         self.live: dict[str, Incarnation] = {}
         self.everyone: list[Incarnation] = []
         self.records: list[StepRecord] = []
+        self._signals: list[dict[str, Any]] = []  # the current step's fatal accesses
         self.objects: HostObjects | None = None
         self.workspace_fd = -1
         self.ws: Workspace | None = None
@@ -89,6 +99,7 @@ class Session:
         """Run every planned step; returns the error that stopped the run, if one did."""
         for planned in self.plan.steps:
             acted: set[str] = set()
+            self._signals = []
             try:
                 wall = sum(self._execute(op, acted) for op in planned.ops)
             except HostError as exc:
@@ -96,7 +107,7 @@ class Session:
                 return HostError(f"{self.plan.scenario.path or '<scenario>'}:{step.line}: step {step.index} "
                                  f"({step.op}) failed on the host: {exc}")
             self.records.append(StepRecord(planned, wall, self._statuses(), pagetables_kb(),
-                                           read_status()["vmpte_kb"], acted))
+                                           read_status()["vmpte_kb"], acted, self._signals))
         return None
 
     def _execute(self, op: Op, acted: set[str]) -> int:
@@ -112,9 +123,14 @@ class Session:
             self.objects.truncate(op.args["object"], op.args["size"])
             return time.perf_counter_ns() - t0
         proc = self.live[op.pid]
+        if self.own_layout:
+            op = self._own(op)
         if op.kind == "fork":
             acted.add(op.args["child"])
+            self.placed[op.args["child"]] = dict(self.placed.get(op.pid, {}))
             return self._fork(proc, op.args["child"])
+        if op.kind == "killed":
+            self._signals.append(self._probe(proc, op.args["touch"]))
         if op.kind in ("exit", "killed"):
             return self._end(proc, op.args.get("signal"))
         if op.kind == "exec":
@@ -126,7 +142,30 @@ class Session:
             return ns + time.perf_counter_ns() - t0
         if op.kind == "touch":
             return self._touch(proc, op.args)
-        return self._request(proc, {"op": op.kind, **op.args})["ns"]
+        reply = self._request(proc, {"op": op.kind, **op.args})
+        if self.own_layout and op.kind in ("mmap", "mremap"):
+            self.placed.setdefault(op.pid, {})[op.vma] = reply["addr"]
+        return reply["ns"]
+
+    def _own(self, op: Op) -> Op:
+        """``op`` with the kernel's addresses: a new mapping at the scenario's hint (if any), an
+        mremap free to move it, every other address at its offset in the mapping it acts on."""
+        args = dict(op.args)
+        if op.kind == "mmap":
+            args.update(addr=args["hint"], own=True)
+            return Op(op.kind, op.pid, args, op.vma, op.vma_base)
+        if op.vma is None:
+            return op
+        base = self.placed[op.pid][op.vma]
+        if op.kind == "mremap":
+            args.update(addr=base, new_addr=args["new_addr"] if args["fixed"] else 0, own=True)
+        elif op.kind == "touch":
+            args["start"] += base - op.vma_base
+        elif op.kind == "killed":
+            args["touch"] = {**args["touch"], "start": args["touch"]["start"] + base - op.vma_base}
+        else:
+            args["addr"] += base - op.vma_base
+        return Op(op.kind, op.pid, args, op.vma, op.vma_base)
 
     def _touch(self, proc: Incarnation, args: dict[str, Any]) -> int:
         acc = accesses(args["start"], args["length"], args["pattern"], stride=args["stride"],
@@ -146,6 +185,24 @@ class Session:
                                        "write": args["write"]})["ns"]
         return ns
 
+    def _probe(self, proc: Incarnation, args: dict[str, Any]) -> dict[str, Any]:
+        """Make the accesses of a touch from ``args["from"]`` on -- the first is the one the
+        simulator kills the process at -- in a traced copy of the process (:mod:`.probe`), and
+        return the signal and address the kernel reported."""
+        acc = accesses(args["start"], args["length"], args["pattern"], stride=args["stride"],
+                       count=args["count"], seed=args["seed"], zipf_s=args["zipf_s"])
+        first, start = args["from"], args["start"]
+        request: dict[str, Any] = {"op": "probe", "write": args["write"]}
+        if acc.is_progression:
+            request.update(base=start + first * acc.stride, n=args["n"] - first, stride=acc.stride)
+        else:
+            chunk = acc.addrs[first:first + CAPACITY] - start
+            self.ws.idx[:len(chunk)] = chunk
+            request.update(base=start, n=len(chunk))
+        reply = self._request(proc, request)
+        return {"pid": proc.name, "signal": reply["signal"],
+                "addr": None if reply["addr"] is None else hex(reply["addr"])}
+
     # --- processes ----------------------------------------------------------------------------
 
     def _spawn(self, name: str) -> Incarnation:
@@ -155,9 +212,11 @@ class Session:
         for key, value in WORKER_ENV.items():
             env[key] = f"{env[key]}:{value}" if key == "GLIBC_TUNABLES" and env.get(key) else value
         popen = subprocess.Popen(
-            [sys.executable, "-m", "ptshare.host.worker", str(theirs.fileno()), str(self.workspace_fd), objects],
+            [sys.executable, "-m", "ptshare.host.worker", str(theirs.fileno()), str(self.workspace_fd), objects,
+             *(["own"] if self.own_layout else [])],
             pass_fds=(theirs.fileno(), self.workspace_fd, *self.objects.fds.values()), env=env,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, preexec_fn=_no_randomize if self.own_layout else None)
+        self.placed[name] = {}
         theirs.close()
         return self._welcome(name, ours, popen.pid, popen)
 
@@ -252,6 +311,15 @@ class Session:
             self.workspace_fd = -1
         if self.objects is not None:
             self.objects.close()
+
+
+def _no_randomize() -> None:
+    """personality(ADDR_NO_RANDOMIZE) in a worker about to start: every worker of an own-layout
+    run then has the same layout, and the same floor."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = libc.personality(0xFFFFFFFF)
+    if libc.personality(current | ADDR_NO_RANDOMIZE) < 0:
+        raise OSError(ctypes.get_errno(), "personality(ADDR_NO_RANDOMIZE)")
 
 
 def pagetables_kb() -> int:

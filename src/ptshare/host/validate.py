@@ -1,8 +1,9 @@
 """``ptshare validate``: the simulator checked against the kernel it models.
 
 Each scenario runs on the host (:mod:`.backend`) and on the simulator under ``linux`` with the
-same layout (``mmap_base`` at the top of the host window, no randomisation: the same addresses,
-so the same page tables), and every process's counters are compared after every step:
+same layout (``mmap_base`` at the top of the host window, or as far below it as the scenario's
+growth needs, no randomisation: the same addresses, so the same page tables), and every process's
+counters are compared after every step:
 
 ========================  ===============================  ============================  =========
 metric                    host                             simulator                     tolerance
@@ -13,7 +14,14 @@ rss_kb (and its anon,     VmRSS (RssAnon, RssFile,         RSS (anon, file, shme
 file and shmem parts)     RssShmem)
 anon_huge_kb              AnonHugePages (smaps_rollup)     anonymous pages huge PMDs map 0
 alive                     the process still runs           the same                      equal
+layout                    its VMAs in /proc/PID/maps       its VMAs                      equal
+signal (a killed one)     signal and si_addr of the bad    signal and address of the     equal
+                          access, made in a traced copy    access it kills at
+                          (:mod:`.probe`)
 ========================  ===============================  ============================  =========
+
+With ``own_layout`` the kernel chooses every address on the host and the simulator predicts them
+(:func:`_simulate_own_layout`); the same table is compared, the layouts at the kernel's addresses.
 
 The tolerances are zero because the measurement has no noise floor: faults are counted by
 machine code around each operation (:mod:`.measure`), and the interpreter's page tables and RSS
@@ -29,6 +37,11 @@ times.  A scenario whose counters differ, or whose host run was disturbed (``hos
 therefore run on the host again, up to ``runs`` times in all; it passes only if a run agrees
 exactly, and the report lists every run that did not.
 
+A scenario the host backend refuses (one that needs more memory than this host has to spare, a
+hugetlb reservation the kernel cannot make, a layout outside the window, a step the simulator
+itself rejects) is reported as refused, with the reason, and the others still run; a refused
+scenario does not pass.
+
 Not checked, shown: ``pagetables_kb`` (``/proc/meminfo`` PageTables counts every process on the
 machine, so it is only as quiet as the machine), and time -- the cost model's estimate for each
 fork and touch against the time measured on the host, as a ratio.
@@ -36,6 +49,7 @@ fork and touch against the time measured on the host, as a ratio.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -45,9 +59,13 @@ from typing import Any
 from ..cost import CostModel, load_profile
 from ..errors import PtshareError, ScenarioError
 from ..scenario import Scenario, load, run
-from ..scenario.run import RunResult
+from ..scenario.run import RunResult, StepResult
+from ..system import System
 from .backend import run_on_host
-from .plan import host_scenario
+from .layout import describe, mm_layout
+from .objects import HostError
+from .plan import make_plan
+from .worker import WINDOW
 
 SCHEMA = "ptshare.validate/1"
 METRICS = ("faults", "vmpte_kb", "rss_kb", "rss_anon_kb", "rss_file_kb", "rss_shmem_kb", "anon_huge_kb")
@@ -67,7 +85,7 @@ class Row:
 
     @property
     def diff(self) -> Any:
-        if isinstance(self.host, bool) or isinstance(self.sim, bool) or self.host is None or self.sim is None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.host, self.sim)):
             return None
         return self.host - self.sim
 
@@ -111,17 +129,19 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # what was wrong with each earlier host run
+    refused: str | None = None  # why the host backend would not run it
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.notes and all(r.ok for r in self.rows)
+        return self.refused is None and not self.errors and not self.notes and all(r.ok for r in self.rows)
 
     @property
     def host_runs(self) -> int:
         return len(self.rejected) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "file": self.path, "ok": self.ok, "errors": self.errors,
+        return {"scenario": self.scenario, "file": self.path, "ok": self.ok, "refused": self.refused,
+                "errors": self.errors,
                 "notes": self.notes, "host_runs": self.host_runs,
                 "rejected_runs": self.rejected,
                 "rows": [r.to_json() for r in self.rows],
@@ -130,34 +150,102 @@ class Verdict:
                 "timing": [t.to_json() for t in self.timing]}
 
 
-def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST_RUNS) -> Verdict:
+def validate(scenario: Scenario, cost: CostModel | None = None, runs: int = HOST_RUNS,
+             own_layout: bool = False) -> Verdict:
     """Run ``scenario`` on the simulator and on the host and compare them; a run on the host
-    whose counters differ is repeated, up to ``runs`` host runs in all."""
+    whose counters differ is repeated, up to ``runs`` host runs in all.  With ``own_layout`` the
+    kernel chooses every address on the host (:func:`_simulate_own_layout`)."""
     if runs < 1:
         raise PtshareError(f"runs must be at least 1, not {runs}")
     cost = cost or load_profile()
-    placed = host_scenario(scenario)
     try:
-        sim = run(placed, "linux", cost=cost)
-        sim_error = None
-    except ScenarioError as exc:
-        sim = exc.partial  # type: ignore[attr-defined]
-        sim_error = exc
+        return _validate(scenario, cost, runs, own_layout)
+    except (ScenarioError, HostError) as exc:
+        return refusal(scenario, exc)
+
+
+def refusal(scenario: Scenario, exc: PtshareError) -> Verdict:
+    """The verdict on a scenario the host backend will not run: refused, with the reason."""
+    return Verdict(scenario.name, scenario.path, refused=str(exc))
+
+
+def _validate(scenario: Scenario, cost: CostModel, runs: int, own_layout: bool) -> Verdict:
+    placed = make_plan(scenario, cost).scenario  # the layout the host will use, with room to grow
+    if not own_layout:
+        sim, sim_error = _simulate(placed, cost, WINDOW)
     rejected: list[str] = []
     while True:
         verdict = Verdict(scenario.name, scenario.path, rejected=rejected)
-        host, host_error = run_on_host(scenario, cost)
+        host, host_error = run_on_host(placed, cost, own_layout)
         if isinstance(host_error, ScenarioError):
             raise host_error  # the scenario cannot be run here at all: a mistake in it, not a disagreement
+        if own_layout:
+            sim, sim_error = _simulate_own_layout(placed, cost, host)
         if host_error is not None:
             verdict.errors.append(f"host: {host_error}")
         if sim_error is not None and str(sim_error) != str(host_error):
             verdict.errors.append(f"simulator: {sim_error}")
         verdict.notes = list(host.notes)
         _compare(verdict, host, sim)
+        _compare_signals(verdict, host, sim)
+        _compare_layouts(verdict, host, sim)
         if verdict.ok or verdict.errors or verdict.host_runs >= runs:
             return verdict
         rejected.append(_what_differed(verdict))
+
+
+def _simulate(scenario: Scenario, cost: CostModel, region: tuple[int, int],
+              task_size: int | None = None) -> tuple[RunResult, ScenarioError | None]:
+    """The simulator's run, each live process's layout of ``region`` added to every step."""
+    def layouts(system: System, step: StepResult) -> None:
+        for task in system.k.tasks:
+            if task.alive:
+                step.processes[task.name]["layout"] = mm_layout(task.mm, *region)
+
+    try:
+        return run(scenario, "linux", cost=cost, task_size=task_size, observe=layouts), None
+    except ScenarioError as exc:
+        return exc.partial, exc  # type: ignore[attr-defined]
+
+
+def _simulate_own_layout(scenario: Scenario, cost: CostModel,
+                         host: RunResult) -> tuple[RunResult, ScenarioError | None]:
+    """The simulator's side of an own-layout comparison.  Every host worker had the kernel place
+    the scenario's mappings below its floor, the top of the free address space (see
+    :func:`.worker.reserve_above`); the simulator gets the same: ``mmap_base`` at the floor and
+    nothing mappable above it.  The addresses are then the kernel's choices and the simulator's
+    predictions of them, and must agree."""
+    floors = host.measurement["floor"]  # type: ignore[attr-defined]
+    if len(floors) != 1:
+        raise HostError(f"the host workers had different floors ({', '.join(map(hex, floors))}); an own-layout run "
+                        "needs them equal (is address randomisation still on?)")
+    floor = floors[0]
+    placed = dataclasses.replace(scenario, machine=dataclasses.replace(scenario.machine, mmap_base=floor))
+    return _simulate(placed, cost, (WINDOW[0], floor), task_size=floor)
+
+
+def _compare_layouts(verdict: Verdict, host: RunResult, sim: RunResult) -> None:
+    """Where every mapping is, where it ends and which merged: each live process's VMAs of the
+    scenario's region, from ``/proc/PID/maps`` on the host and from the simulator's mm, after
+    every step (metric ``layout``, values as ``start-end perms, ...``)."""
+    for h, s in zip(host.steps, sim.steps, strict=False):
+        for name, hp in h.processes.items():
+            sp = s.processes.get(name)
+            if sp is None or not hp["alive"] or not sp["alive"]:
+                continue
+            verdict.rows.append(Row(h.index, h.op, name, "layout", describe(hp.get("layout")),
+                                    describe(sp.get("layout"))))
+
+
+def _compare_signals(verdict: Verdict, host: RunResult, sim: RunResult) -> None:
+    """A process the simulator kills at a bad access made that access on the host, in a traced
+    copy of itself (:mod:`.probe`): the signal and the faulting address the kernel reported must
+    be the simulator's.  One row per process killed, metric ``signal``, value ``SIGNAL@ADDRESS``."""
+    for h, s in zip(host.steps, sim.steps, strict=False):
+        host_sig = {x["pid"]: f"{x['signal']}@{x['addr']}" for x in h.signals}
+        sim_sig = {x["pid"]: f"{x['signal']}@{x['addr']}" for x in s.signals}
+        for pid in dict.fromkeys([*sim_sig, *host_sig]):
+            verdict.rows.append(Row(h.index, h.op, pid, "signal", host_sig.get(pid), sim_sig.get(pid)))
 
 
 def _what_differed(v: Verdict) -> str:
@@ -219,6 +307,10 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
 
     out = []
     for v in verdicts:
+        if v.refused is not None:
+            out.append(f"REFUSED  {v.scenario}  ({v.path}): {v.refused}")
+            out.append("")
+            continue
         out.append(f"{'PASS' if v.ok else 'FAIL'}  {v.scenario}  ({v.path})")
         for n, what in enumerate(v.rejected, 1):
             out.append(f"  host run {n} of {v.host_runs} differed, and was run again: {what}")
@@ -231,8 +323,8 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
         out.append(_indent(table(*_metric_table(v))))
         bad = [r for r in v.rows if not r.ok and r.metric not in ("faults", "vmpte_kb", "rss_kb")]
         for r in bad:
-            out.append(f"  step {r.step} {r.process}: {r.metric} host {r.host}, simulator {r.sim}, "
-                       f"difference {r.diff}")
+            out.append(f"  step {r.step} {r.process}: {r.metric} host {r.host}, simulator {r.sim}"
+                       + ("" if r.diff is None else f", difference {r.diff}"))
         if v.timing:
             rows = [[t.step, t.op, t.pid, format_ns(t.predicted_ns), format_ns(t.measured_ns),
                      "" if t.ratio is None else f"{t.ratio:.2f}"] for t in v.timing]
@@ -244,6 +336,9 @@ def report_text(verdicts: list[Verdict], summary_only: bool = False) -> str:
     passed = sum(v.ok for v in verdicts)
     out.append(f"{passed} of {len(verdicts)} scenarios agree with the kernel (tolerance: "
                f"{', '.join(f'{m} {t}' for m, t in TOLERANCE.items())}).")
+    refused = [v.scenario for v in verdicts if v.refused is not None]
+    if refused:
+        out.append(f"{len(refused)} refused by the host backend (not run): {', '.join(refused)}.")
     rerun = [v for v in verdicts if v.rejected]
     if rerun:
         out.append(f"{len(rerun)} needed more than one host run: {', '.join(v.scenario for v in rerun)}.")
@@ -285,4 +380,5 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-__all__ = ["HOST_RUNS", "SCHEMA", "TOLERANCE", "Verdict", "load_all", "report_json", "report_text", "validate"]
+__all__ = ["HOST_RUNS", "SCHEMA", "TOLERANCE", "Verdict", "load_all", "refusal", "report_json", "report_text",
+           "validate"]

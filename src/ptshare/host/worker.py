@@ -36,7 +36,9 @@ import sys
 from typing import Any
 
 from . import channel, syscalls
+from .layout import maps_layout
 from .measure import SYS_MADVISE, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP, SYS_MUNMAP, Cost, Meter
+from .probe import fatal_access
 from .workspace import Workspace
 
 WINDOW = (0x600000000000, 0x700000000000)  # where every scenario mapping goes: PGD entries 192-223
@@ -48,6 +50,14 @@ _SPARE = WINDOW[1]  # an address no scenario mapping uses: the target of warm-up
 POPULATE_MAX = 16 << 20
 _ADVICE = {"dontneed": syscalls.MADV_DONTNEED, "hugepage": syscalls.MADV_HUGEPAGE,
            "nohugepage": syscalls.MADV_NOHUGEPAGE}
+# Own-layout runs (``validate --own-layout``): the kernel places the scenario's mappings, below
+# everything the interpreter maps.  The worker takes every gap from the 512 GiB boundary below its
+# lowest mapping up to just under its stack (:func:`reserve_above`), so that the highest free
+# range, where the kernel's top-down search starts, ends at that boundary -- the worker's
+# ``floor`` -- and the scenario's page tables share no table at any level with the interpreter's.
+FLOOR_ALIGN = 512 << 30
+HPAGE = 2 << 20
+STACK_ROOM = 64 << 20  # left free below the stack, for it to grow into
 _STATUS = {b"VmPTE": "vmpte_kb", b"VmRSS": "rss_kb", b"RssAnon": "rss_anon_kb", b"RssFile": "rss_file_kb",
            b"RssShmem": "rss_shmem_kb", b"HugetlbPages": "hugetlb_kb", b"AnonHugePages": "anon_huge_kb"}
 
@@ -77,6 +87,8 @@ class Worker:
         self.receiver = channel.Receiver()
         self.minflt = 0
         self.majflt = 0
+        self.own = False  # the kernel chooses where mappings go (own-layout runs)
+        self.region = WINDOW  # where the scenario's mappings are
 
     # --- the request loop --------------------------------------------------------------------
 
@@ -100,63 +112,96 @@ class Worker:
     def handle(self, m: dict[str, Any], fds: list[int]) -> dict[str, Any] | None:
         op = m["op"]
         if op == "status":
-            return {"raw": read_status(), "minflt": self.minflt, "majflt": self.majflt}
+            return {"raw": read_status(), "minflt": self.minflt, "majflt": self.majflt,
+                    "layout": maps_layout(*self.region)}
         if op == "fork":
             return self.fork(socket.socket(fileno=fds[0]))
         if op == "finish":
             return self.finish()
+        if op == "probe":
+            return self.probe(m)
         ops = {"mmap": self.mmap, "munmap": self.munmap, "mprotect": self.mprotect, "madvise": self.madvise,
                "mremap": self.mremap, "touch": self.touch}
         if op not in ops:
             return {"error": f"unknown request {op!r}"}
-        cost = ops[op](m)
+        got, cost = ops[op](m)
         self.minflt += cost.minflt
         self.majflt += cost.majflt
-        return {"minflt": cost.minflt, "majflt": cost.majflt, "ns": cost.ns}
+        return {"minflt": cost.minflt, "majflt": cost.majflt, "ns": cost.ns, "addr": got}
 
     # --- the requests: each is one or more measured calls --------------------------------------
 
-    def mmap(self, m: dict[str, Any]) -> Cost:
+    def mmap(self, m: dict[str, Any]) -> tuple[int, Cost]:
+        """At ``addr`` (MAP_FIXED_NOREPLACE: the simulator's choice), or, in an own-layout run,
+        where the kernel puts it (``addr`` is then the scenario's hint, or 0)."""
         addr, length = m["addr"], m["length"]
         fd = -1 if m["object"] is None else self.objects[m["object"]]
         flags = (syscalls.MAP_SHARED if m["shared"] else syscalls.MAP_PRIVATE)
-        flags |= syscalls.MAP_FIXED if m["fixed"] else syscalls.MAP_FIXED_NOREPLACE
+        cost = Cost()
+        if m["fixed"]:
+            flags |= syscalls.MAP_FIXED
+        elif not m.get("own"):
+            flags |= syscalls.MAP_FIXED_NOREPLACE
+        elif m.get("align"):  # as System.mmap(align=) does it: reserve, unmap, map at the aligned start
+            addr, cost = self._aligned_start(addr, length, m["align"], m["kind"] == "hugetlb")
+            flags |= syscalls.MAP_FIXED_NOREPLACE
         if fd < 0:
             flags |= syscalls.MAP_ANONYMOUS
-        got, cost = self.meter.syscall(SYS_MMAP, addr, length, syscalls.PROTS[m["prot"]], flags, fd, m["offset"])
-        if got != addr:
+        got, more = self.meter.syscall(SYS_MMAP, addr, length, syscalls.PROTS[m["prot"]], flags, fd, m["offset"])
+        cost += more
+        if got != addr and not m.get("own"):
             raise OSError(0, f"mmap placed the mapping at {got:#x}, not at {addr:#x}")
         if m["kind"] != "hugetlb":  # THP per mapping, as the scenario's mode gives it (host/thp.py)
             advice = syscalls.MADV_HUGEPAGE if m.get("hugepage") else syscalls.MADV_NOHUGEPAGE
-            cost += self.meter.syscall(SYS_MADVISE, addr, length, advice)[1]
+            cost += self.meter.syscall(SYS_MADVISE, got, length, advice)[1]
         if m["kind"] == "file":  # no read-ahead: the model reads in the faulting page only
-            cost += self.meter.syscall(SYS_MADVISE, addr, length, syscalls.MADV_RANDOM)[1]
-        return cost
+            cost += self.meter.syscall(SYS_MADVISE, got, length, syscalls.MADV_RANDOM)[1]
+        return got, cost
 
-    def munmap(self, m: dict[str, Any]) -> Cost:
-        return self.meter.syscall(SYS_MUNMAP, m["addr"], m["length"])[1]
+    def _aligned_start(self, hint: int, length: int, align: int, hugetlb: bool) -> tuple[int, Cost]:
+        """Where the kernel puts a reservation of ``length + align`` bytes, rounded up to ``align``
+        (at least the huge page size for hugetlb); the reservation is unmapped again."""
+        align = max(align, HPAGE) if hugetlb else align
+        flags = syscalls.MAP_PRIVATE | syscalls.MAP_ANONYMOUS | syscalls.MAP_NORESERVE
+        got, cost = self.meter.syscall(SYS_MMAP, hint, length + align, syscalls.PROT_NONE, flags, -1, 0)
+        cost += self.meter.syscall(SYS_MUNMAP, got, length + align)[1]
+        return -(-got // align) * align, cost
 
-    def mprotect(self, m: dict[str, Any]) -> Cost:
-        return self.meter.syscall(SYS_MPROTECT, m["addr"], m["length"], syscalls.PROTS[m["prot"]])[1]
+    def munmap(self, m: dict[str, Any]) -> tuple[int, Cost]:
+        return 0, self.meter.syscall(SYS_MUNMAP, m["addr"], m["length"])[1]
 
-    def madvise(self, m: dict[str, Any]) -> Cost:
+    def mprotect(self, m: dict[str, Any]) -> tuple[int, Cost]:
+        return 0, self.meter.syscall(SYS_MPROTECT, m["addr"], m["length"], syscalls.PROTS[m["prot"]])[1]
+
+    def madvise(self, m: dict[str, Any]) -> tuple[int, Cost]:
         advice = _ADVICE[m.get("advice", "dontneed")]
-        return self.meter.syscall(SYS_MADVISE, m["addr"], m["length"], advice)[1]
+        return 0, self.meter.syscall(SYS_MADVISE, m["addr"], m["length"], advice)[1]
 
-    def mremap(self, m: dict[str, Any]) -> Cost:
+    def mremap(self, m: dict[str, Any]) -> tuple[int, Cost]:
+        """To ``new_addr`` (the simulator's choice), or, in an own-layout run, with MREMAP_MAYMOVE
+        where the kernel chooses (MREMAP_FIXED only for an address the scenario gives)."""
         addr, target = m["addr"], m["new_addr"]
-        flags = 0 if target == addr else syscalls.MREMAP_MAYMOVE | syscalls.MREMAP_FIXED
+        if m.get("own"):
+            flags = syscalls.MREMAP_MAYMOVE | (syscalls.MREMAP_FIXED if m["fixed"] else 0)
+        else:
+            flags = 0 if target == addr else syscalls.MREMAP_MAYMOVE | syscalls.MREMAP_FIXED
         got, cost = self.meter.syscall(SYS_MREMAP, addr, m["old"], m["new"], flags, target)
-        if got != target:
+        if got != target and not m.get("own"):
             raise OSError(0, f"mremap moved the mapping to {got:#x}, not to {target:#x}")
-        return cost
+        return got, cost
 
-    def touch(self, m: dict[str, Any]) -> Cost:
+    def touch(self, m: dict[str, Any]) -> tuple[int, Cost]:
         """Read or write one byte at each access: ``n`` accesses ``stride`` bytes apart from ``base``,
         or at the ``n`` offsets the backend wrote into the workspace."""
         if "stride" in m:
-            return self.meter.touch(m["base"], m["n"], m["write"], stride=m["stride"])
-        return self.meter.touch(m["base"], m["n"], m["write"], offsets=m.get("offsets", self.ws.idx_addr))
+            return 0, self.meter.touch(m["base"], m["n"], m["write"], stride=m["stride"])
+        return 0, self.meter.touch(m["base"], m["n"], m["write"], offsets=m.get("offsets", self.ws.idx_addr))
+
+    def probe(self, m: dict[str, Any]) -> dict[str, Any]:
+        """Make a touch's accesses in a traced copy of this process (:mod:`.probe`): the signal
+        and address the first bad one raises, if any; this process's counts do not change."""
+        sig, addr = fatal_access(lambda: self.touch(m))
+        return {"signal": sig, "addr": addr}
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -185,16 +230,18 @@ class Worker:
     def finish(self) -> dict[str, Any]:
         """Unmap the whole window (the scenario's mappings and every table under them) and report
         what is left: the interpreter's own part.  The worker exits after replying."""
-        _, cost = self.meter.syscall(SYS_MUNMAP, WINDOW[0], WINDOW[1] - WINDOW[0])
+        _, cost = self.meter.syscall(SYS_MUNMAP, self.region[0], self.region[1] - self.region[0])
         return {"interp": read_status(), "ns": cost.ns}
 
     def start(self, spawned: bool = False) -> None:
         """Warm up, fault in the interpreter's own memory, then say hello with this process's pid
         and its interpreter-only status."""
-        self.warm_up()
-        populate_own_memory(write=spawned)
+        if self.own and spawned:  # a forked worker has its parent's reservations
+            self.region = (WINDOW[0], reserve_above())
+        self.warm_up()  # after the reservations: the maps file a status reads is longer with them
+        populate_own_memory(write=spawned, skip=self.region)
         threads = len(os.listdir("/proc/self/task"))
-        self._send({"hello": os.getpid(), "interp": read_status(), "threads": threads})
+        self._send({"hello": os.getpid(), "interp": read_status(), "threads": threads, "floor": self.region[1]})
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -221,12 +268,14 @@ class Worker:
             self.handle({"op": "madvise", **spare}, [])
             self.handle({"op": "mremap", "addr": _SPARE, "old": 4096, "new": 4096, "new_addr": _SPARE}, [])
             self.handle({"op": "munmap", **spare}, [])
+            self.handle({"op": "probe", "base": self.ws.scratch, "n": 1, "stride": 4096, "write": False}, [])
             self.fork(None)
         self.minflt, self.majflt = saved
 
 
-def populate_own_memory(write: bool) -> None:
-    """Fault in every page of this process's mappings outside the window: its writable private
+def populate_own_memory(write: bool, skip: tuple[int, int] = WINDOW) -> None:
+    """Fault in every page of this process's mappings outside ``skip`` (the scenario's region, the
+    window unless the kernel places the mappings): its writable private
     memory for writing (``write``: a forked worker's is present already, as its parent's), and
     the rest, the interpreter's and its libraries' code and read-only data, for reading.
 
@@ -241,12 +290,33 @@ def populate_own_memory(write: bool) -> None:
         if len(fields) < 2 or fields[1][:1] != b"r":
             continue
         start, end = (int(x, 16) for x in fields[0].split(b"-"))
-        if (WINDOW[0] < end and start < WINDOW[1]) or end - start > POPULATE_MAX:
+        if (skip[0] < end and start < skip[1]) or end - start > POPULATE_MAX:
             continue
         private_writable = fields[1][1:2] == b"w" and fields[1][3:4] == b"p"
         advice = syscalls.MADV_POPULATE_WRITE if write and private_writable else syscalls.MADV_POPULATE_READ
         with contextlib.suppress(OSError):  # a mapping the kernel will not populate ([vvar] and the like)
             syscalls.madvise(start, end - start, advice)
+
+
+def reserve_above() -> int:
+    """Take every free range from the 512 GiB boundary below this process's lowest mapping above
+    the window up to :data:`STACK_ROOM` below its stack, with inaccessible reservations that hold
+    no memory and no page table; returns that boundary (the worker's floor)."""
+    maps = maps_layout(WINDOW[1], 1 << 47)
+    floor = maps[0][0] & ~(FLOOR_ALIGN - 1)
+    below = maps_layout(WINDOW[0], floor)
+    if below:
+        raise OSError(0, f"the interpreter maps {below[0][0]:#x}-{below[0][1]:#x}, below its floor {floor:#x}")
+    with open("/proc/self/maps", "rb") as f:
+        stack = next(int(line.split(b"-")[0], 16) for line in f.read().split(b"\n") if line.endswith(b"[stack]"))
+    top = stack - STACK_ROOM
+    prev = floor
+    for start, end, _perms in [*maps, [top, top, ""]]:
+        if start > prev and prev < top:
+            syscalls.mmap(prev, min(start, top) - prev, syscalls.PROT_NONE, syscalls.MAP_PRIVATE
+                          | syscalls.MAP_ANONYMOUS | syscalls.MAP_NORESERVE | syscalls.MAP_FIXED_NOREPLACE)
+        prev = max(prev, end)
+    return floor
 
 
 def _wait_gone(pid: int) -> None:
@@ -271,6 +341,7 @@ def main(argv: list[str]) -> None:
         name, _, fd = item.rpartition("=")
         objects[name] = int(fd)
     worker = Worker(sock, int(argv[1]), objects)
+    worker.own = argv[3:] == ["own"]
     worker.start(spawned=True)
     worker.serve()
 

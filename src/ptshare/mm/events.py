@@ -29,7 +29,7 @@ EVENTS: dict[str, str] = {
                 "a page walk, a cache miss)",
     # fork
     "fork": "fork() calls",
-    "ptes_copied": "PTEs copied by copy_pte_range at fork",
+    "ptes_copied": "PTEs copied by copy_pte_range at fork, or when a shared table is copied",
     "huge_pmds_copied": "huge PMD entries (hugetlb, THP) copied at fork",
     "thp_fault_alloc": "transparent huge pages allocated by a fault (do_huge_pmd_anonymous_page, do_huge_zero_wp_pmd)",
     "thp_zero_page": "huge zero page mapped by a read fault",
@@ -38,7 +38,8 @@ EVENTS: dict[str, str] = {
     "thp_split_pmd": "huge PMDs split into PTE tables (__split_huge_pmd)",
     "thp_zap_pmd": "huge PMDs zapped with their deposited tables (zap_huge_pmd)",
     "thp_move_pmd": "huge PMDs moved whole by mremap (move_huge_pmd)",
-    "pte_tables_copied": "PTE tables allocated for the child and filled by copy_pte_range",
+    "pte_tables_copied": "PTE tables allocated for the child and filled by copy_pte_range, or copied from a "
+                         "shared table by one of its users",
     "vmas_copied": "VMAs duplicated by dup_mmap",
     "vmas_skipped": "VMAs whose page tables fork did not copy (lazy copy)",
     # teardown
@@ -55,6 +56,11 @@ EVENTS: dict[str, str] = {
     "pgtable_free": "page-table pages freed",
     "pt_shared": "page tables attached from another mm instead of allocated",
     "pt_unshared": "shared page tables dropped by one of their users",
+    "pt_cow_shared": "PTE tables fork shared copy-on-write with the child instead of copying (parent's PMD entry "
+                     "write-protected, child's installed, the table's share count raised)",
+    "pt_copied": "shared page tables one of their users copied instead of dropping (a copy-on-write table's first "
+                 "change): the share count dropped and the copy installed; the copy itself is in pte_tables_copied "
+                 "and ptes_copied",
     "tlb_flush_all": "TLB flushes on all CPUs (an operation that unshared shared tables; batched)",
     "tlb_flush_mm": "TLB flushes of one mm's CPUs (an operation that changed its entries; batched)",
     "ptes_changed": "PTEs write-protected or made writable by mprotect",

@@ -36,8 +36,9 @@ from .huge_memory import copy_huge_pmds, pmd_trans_huge
 from .mm_struct import Task
 from .mmap import release_object
 from .pagewalk import PMD, PTE, PUD, Shared, Table, account_alloc, dir_of, span_slices, walk, walk_below
+from .rmap import anon_vma_fork
 from .unmap import free_pgtables, zap_page_range
-from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA, AnonVma
+from .vma import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -53,8 +54,9 @@ def dup_mmap(k: Kernel, parent: Task, name: str) -> Task:
             continue
         wipe = bool(vma.vm_flags & VM_WIPEONFORK)
         child = VMA(mm=mm, vm_start=vma.vm_start, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
-                    vm_pgoff=vma.vm_pgoff, obj=vma.obj,
-                    anon_vma=AnonVma() if vma.anon_vma is not None and not wipe else None)
+                    vm_pgoff=vma.vm_pgoff, obj=vma.obj)
+        if not wipe:
+            anon_vma_fork(child, vma)
         mm.insert_vma(child)
         k.events.add("vmas_copied")
         if wipe:

@@ -27,7 +27,7 @@ from . import ptshare
 from .access import Accesses, write_stamp
 from .frames import PG_ANON, PG_EXCLUSIVE, PG_HUGE
 from .pagewalk import PMD, PUD, Table, account_alloc, entry_tables
-from .pte_fault import anon_vma_prepare
+from .rmap import anon_vma_prepare
 from .vma import VM_WRITE, VMA
 
 if TYPE_CHECKING:

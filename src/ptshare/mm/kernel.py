@@ -28,6 +28,7 @@ class Kernel:
     def __init__(self, geom: Geometry, policy: Policy, memory: int | None, cpus: int, aslr_bits: int,
                  seed: int):
         self.geom = geom
+        self.task_size = geom.task_size  # the top of user space; System(task_size=) may put it lower
         self.policy = policy
         self.cpus = cpus
         self.aslr_bits = aslr_bits
@@ -63,7 +64,7 @@ class Kernel:
         self.frames.alloc_pgtables(1)
         self.events.add("pgtable_alloc")
         pgd = self.top.new()
-        return MM(id=next(self._mm_ids), pgd=pgd, mmap_base=mmap_base, task_size=self.geom.task_size,
+        return MM(id=next(self._mm_ids), pgd=pgd, mmap_base=mmap_base, task_size=self.task_size,
                   map_window=self.geom.map_window)
 
     def free_mm(self, mm: MM) -> None:

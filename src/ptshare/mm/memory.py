@@ -273,8 +273,10 @@ class _Windows:
     def entries(self, spans: _Spans, rows: np.ndarray | None = None) -> np.ndarray:
         region = spans.region if rows is None else spans.region[rows]
         slot = spans.slot if rows is None else spans.slot[rows]
-        out = self.k.stores[PMD].entries[self.cid[region], slot]
         fresh = self.fresh[region]
+        if fresh.all():
+            return self.buffer[self.slot_of[region], slot]
+        out = self.k.stores[PMD].entries[self.cid[region], slot]
         if fresh.any():
             out[fresh] = self.buffer[self.slot_of[region[fresh]], slot[fresh]]
         return out
@@ -282,14 +284,15 @@ class _Windows:
     def spurious(self, spans: _Spans, accs: _Touches) -> int:
         """A window whose PMD table was just attached: its first access faulted (the table was
         missing) and, if the partners had mapped that page, found it there."""
-        n = 0
-        for r in np.flatnonzero(self.attached).tolist():
-            first = accs.first_in_window(spans, r)
-            row = np.flatnonzero((spans.region == r) & (spans.addr == first & ~(self.k.geom.pte.span - 1)))[0]
-            entry = int(self.k.stores[PMD].entries[self.cid[r], spans.slot[row]])
-            if entry_tag(entry) == E_TABLE:
-                ent = (first >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
-                n += int((self.k.stores[PTE].present[int(entry_value(entry)), ent // 8] >> (ent % 8)) & 1)
+        regions = np.flatnonzero(self.attached)
+        if not len(regions):
+            return 0
+        row, first = accs.first_in_windows(spans, regions)
+        entry = self.k.stores[PMD].entries[self.cid[regions], spans.slot[row]]
+        table = entry_tag(entry) == E_TABLE
+        ent = (first[table] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+        present = self.k.stores[PTE].present[entry_value(entry[table]), ent // 8]
+        n = int(((present >> (ent % 8)) & 1).sum())
         self.k.events.add("fault_spurious", n)
         return n
 
@@ -413,7 +416,8 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
     tag = entry_tag(old[rows])
     faults = 0
     # Tables to allocate or attach (pte_alloc / pt_share_pte).
-    none = rows[tag == E_NONE]
+    none_pos = np.flatnonzero(tag == E_NONE)
+    none = rows[none_pos]
     attached = np.zeros(0, dtype=np.int64)
     if len(none):
         in_box = win.box[spans.region[none]] != 0
@@ -423,24 +427,24 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
             sids[~in_box], got[~in_box] = ptshare.share_alloc(k, task.mm, vma, PTE, spans.addr[none[~in_box]])
         boxed = sids != 0
         if boxed.any():
-            win.set(spans, none[boxed], mk_shared(sids[boxed]))
-            old[none[boxed]] = win.entries(spans, none[boxed])
-            attached = none[boxed & got]
+            entries = mk_shared(sids[boxed])
+            win.set(spans, none[boxed], entries)
+            old[none[boxed]] = entries
+            attached = none_pos[boxed & got]  # positions in rows
     sid, cid = entry_tables(k, old[rows])
     # Which tables need their pages looked at: some access finds an entry that does not allow it.
     work = _misses(k, spans, rows, cid, write)
     if not accs.progression and not write:
         work &= _explicit_misses(k, spans, accs, rows, cid)
     if len(attached):
-        faults += _spurious(k, win, spans, accs, attached, cid[np.searchsorted(rows, attached)])
+        faults += _spurious(k, win, spans, accs, rows[attached], cid[attached])
     cow = work & (k.shared.mode[sid] == COW) & (k.shared.users[sid] > 1)
     if cow.any():  # a change to a copy-on-write table others use: copy it first
         sid[cow], cid[cow] = 0, win.unshare(spans, rows[cow])
-    work_rows = rows[work]
-    for start in range(0, len(work_rows), CHUNK):
-        chunk = work_rows[start:start + CHUNK]
-        pos = np.searchsorted(rows, chunk)
-        faults += _fault_chunk(k, task, vma, win, spans, accs, old, chunk, cid[pos], sid[pos], write)
+    work_pos = np.flatnonzero(work)
+    for start in range(0, len(work_pos), CHUNK):
+        pos = work_pos[start:start + CHUNK]
+        faults += _fault_chunk(k, task, vma, win, spans, accs, old, rows[pos], cid[pos], sid[pos], write)
     return faults
 
 
@@ -456,14 +460,13 @@ def _misses(k: Kernel, spans: _Spans, rows: np.ndarray, cid: np.ndarray, write: 
     has = cid != 0
     sel = known & has
     if sel.any():
-        ok = pte.present[cid[sel]]
+        cids = cid[sel]
         whole = (lo[sel] == 0) & (hi[sel] == PTRS_PER_TABLE)
-        full = np.zeros(int(sel.sum()), dtype=bool)
-        full[whole] = (ok[whole].view(np.uint64) == np.uint64(0xFFFFFFFFFFFFFFFF)).all(axis=1)
+        full = pte.full[cids] != 0  # whole tables: their all-present mark
         part = np.flatnonzero(~whole)
         if len(part):
             need = bitmap_pack(range_bits(lo[sel][part], hi[sel][part]))
-            full[part] = ((ok[part] & need) == need).all(axis=1)
+            full[part] = ((pte.present[cids[part]] & need) == need).all(axis=1)
         work[np.flatnonzero(sel)] = ~full
     return work
 
@@ -484,9 +487,13 @@ def _spurious(k: Kernel, win: _Windows, spans: _Spans, accs: _Touches, rows: np.
               cid: np.ndarray) -> int:
     """A table just attached that already maps the first page accessed: that access faulted (the
     table was missing) and found the page there."""
-    first = accs.first_entry(spans, rows)
-    present = k.stores[PTE].present
-    n = int((((present[cid, first // 8] >> (first % 8)) & 1) == 1).sum())
+    pte = k.stores[PTE]
+    full = pte.full[cid] != 0
+    n = int(full.sum())
+    if n < len(rows):
+        part = ~full
+        first = accs.first_entry(spans, rows[part])
+        n += int((((pte.present[cid[part], first // 8] >> (first % 8)) & 1) == 1).sum())
     k.events.add("fault_spurious", n)
     return n
 
@@ -616,8 +623,9 @@ class _Touches:
         """The entry each table ``rows`` is first accessed at."""
         raise NotImplementedError
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        """The first address accessed in 1 GiB window ``region``."""
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each 1 GiB window of ``regions`` (each with an access): the row of the table its
+        first access falls in, and that access's address."""
         raise NotImplementedError
 
 
@@ -645,9 +653,13 @@ class _Sequential(_Touches):
             return spans.lo[rows]
         return _strided(self.acc, spans.addr[rows], spans.lo[rows], spans.hi[rows])[0]
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        base = int(self.bases[region])
-        return self.acc.within(base, base + self.window).start
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acc = self.acc
+        base = self.bases[regions]
+        late = base > acc.start
+        first = np.where(late, acc.start + -(-(base - acc.start) // acc.stride) * acc.stride, acc.start)
+        row = np.searchsorted(spans.addr, first & ~np.int64(PTRS_PER_TABLE * PAGE_SIZE - 1))
+        return row, first
 
 
 class _Explicit(_Touches):
@@ -678,9 +690,11 @@ class _Explicit(_Touches):
     def first_entry(self, spans: _Spans, rows: np.ndarray) -> np.ndarray:
         return (self.sorted[self.starts[rows]] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
-    def first_in_window(self, spans: _Spans, region: int) -> int:
-        rows = np.flatnonzero(spans.region == region)
-        return int(self.sorted[self.starts[rows[np.argmin(self.first_pos[rows])]]])
+    def first_in_windows(self, spans: _Spans, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.lexsort((self.first_pos, spans.region))  # by window, earliest first access first
+        head = order[np.r_[True, spans.region[order][1:] != spans.region[order][:-1]]]
+        row = head[np.searchsorted(spans.region[head], regions)]
+        return row, self.sorted[self.starts[row]]
 
 
 __all__ = ["handle_mm_fault_range"]

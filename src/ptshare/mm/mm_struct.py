@@ -9,6 +9,10 @@ from ..arch import TABLE_BYTES
 from .vma import VMA
 
 
+def _vm_start(vma: VMA) -> int:
+    return vma.vm_start
+
+
 @dataclass(eq=False)
 class MM:
     """An address space: its VMAs (sorted by ``vm_start``), the root of its page tables and counters.
@@ -41,12 +45,14 @@ class MM:
 
     # --- the VMA tree (a sorted list stands in for the maple tree) ----------------------------
 
-    def _starts(self) -> list[int]:
-        return [v.vm_start for v in self.vmas]
+    def _index(self, addr: int, *, right: bool = True) -> int:
+        """Bisect ``vmas`` by ``vm_start`` (O(log n), no list of starts built)."""
+        bisect_at = bisect.bisect_right if right else bisect.bisect_left
+        return bisect_at(self.vmas, addr, key=_vm_start)
 
     def find_vma(self, addr: int) -> VMA | None:
         """Models find_vma(): the first VMA with ``vm_end > addr``."""
-        i = bisect.bisect_right(self._starts(), addr) - 1
+        i = self._index(addr) - 1
         if i >= 0 and self.vmas[i].vm_end > addr:
             return self.vmas[i]
         return self.vmas[i + 1] if i + 1 < len(self.vmas) else None
@@ -58,8 +64,7 @@ class MM:
 
     def vmas_between(self, start: int, end: int) -> list[VMA]:
         """VMAs intersecting [start, end), in address order."""
-        starts = self._starts()
-        i = max(bisect.bisect_right(starts, start) - 1, 0)
+        i = max(self._index(start) - 1, 0)
         out = []
         for vma in self.vmas[i:]:
             if vma.vm_start >= end:
@@ -70,19 +75,18 @@ class MM:
 
     def prev_next(self, start: int, end: int) -> tuple[VMA | None, VMA | None]:
         """The VMAs just below ``start`` and just above ``end`` (for free_pgtables floor/ceiling)."""
-        starts = self._starts()
-        i = bisect.bisect_left(starts, start)
+        i = self._index(start, right=False)
         prev = None
         for vma in reversed(self.vmas[:i]):
             if vma.vm_end <= start:
                 prev = vma
                 break
-        j = bisect.bisect_left(starts, end)
+        j = self._index(end, right=False)
         nxt = self.vmas[j] if j < len(self.vmas) else None
         return prev, nxt
 
     def insert_vma(self, vma: VMA) -> None:
-        i = bisect.bisect_left(self._starts(), vma.vm_start)
+        i = self._index(vma.vm_start, right=False)
         self.vmas.insert(i, vma)
         if vma.obj is not None:
             vma.obj.i_mmap.add(vma)

@@ -140,7 +140,7 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
     split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
     new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
               vm_pgoff=vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), obj=vma.obj,
-              anon_vma=vma.anon_vma)
+              anon_vma=vma.anon_vma, anon_vma_chain=vma.anon_vma_chain)  # anon_vma_clone()
     vma.vm_end = addr
     mm.insert_vma(new)
     return new
@@ -166,43 +166,75 @@ def unshare_range(k: Kernel, mm: MM, start: int, end: int, *, unmap: bool = Fals
     unshare_tables(k, mm, start, end, unmap=unmap)
 
 
-def _mergeable(a: VMA, b: VMA) -> bool:
-    """Models is_mergeable_vma() + is_mergeable_anon_vma() for ``a`` directly below ``b``."""
-    if a.vm_end != b.vm_start or a.vm_flags != b.vm_flags or a.obj is not b.obj:
-        return False
-    if a.vm_flags & VM_SPECIAL:
-        return False
-    if a.vm_pgoff + ((a.vm_end - a.vm_start) >> PAGE_SHIFT) != b.vm_pgoff:
-        return False
-    return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma
+def is_mergeable_anon_vma(src: VMA, tgt: VMA, check_src: bool) -> bool:
+    """Models is_mergeable_anon_vma() (mm/vma.c, Linux 6.18) for ``src`` (the VMA being made,
+    changed or moved) merging into its neighbour ``tgt``.
+
+    Where only one of them has an anon_vma, the merged VMA takes it; Linux refuses that when the
+    one with it is a fork child (its chain has more than one entry), to keep the root anon_vma's
+    lock from covering ever more memory.  ``check_src`` is False for ``vma_merge_extend``
+    (mremap growing in place), which merges the new range with no VMA as its source.
+    """
+    if tgt.anon_vma is None and src.anon_vma is not None:
+        return not (check_src and src.is_fork_child)
+    if tgt.anon_vma is not None and src.anon_vma is None:
+        return not tgt.is_fork_child
+    return src.anon_vma is tgt.anon_vma
 
 
-def vma_merge(k: Kernel, mm: MM, vma: VMA) -> VMA:
+def _can_merge(lower: VMA, upper: VMA, src: VMA, check_src: bool) -> bool:
+    """Models can_vma_merge_after()/can_vma_merge_before(): ``lower`` directly below ``upper``,
+    the same flags and object at consecutive offsets, and compatible anon_vmas."""
+    tgt = upper if src is lower else lower
+    if lower.vm_end != upper.vm_start or lower.vm_flags != upper.vm_flags or lower.obj is not upper.obj:
+        return False
+    if lower.vm_flags & VM_SPECIAL:
+        return False
+    if lower.vm_pgoff + ((lower.vm_end - lower.vm_start) >> PAGE_SHIFT) != upper.vm_pgoff:
+        return False
+    return is_mergeable_anon_vma(src, tgt, check_src)
+
+
+def vma_merge(k: Kernel, mm: MM, vma: VMA, *, check_src: bool = True, with_prev: bool = True) -> VMA:
     """Merge ``vma`` with its neighbours where Linux would; returns the surviving VMA.
 
     A merged VMA is a new mapping for the purpose of sharing tables: tables it shared stop being
     offered to partners (and a VMA that can no longer share lets go of them)."""
     before = len(mm.vmas)
-    out = _merge(mm, vma)
+    out = _merge(mm, vma, check_src, with_prev)
     if len(mm.vmas) != before:
         unshare_range(k, mm, out.vm_start, out.vm_end)
     return out
 
 
-def _merge(mm: MM, vma: VMA) -> VMA:
+def vma_merge_extend(k: Kernel, mm: MM, vma: VMA, delta: int) -> VMA:
+    """Models vma_merge_extend(): ``vma`` grows by ``delta`` bytes in place, and the grown VMA
+    merges with the one it now touches if it can, as any new range would."""
+    vma.vm_end += delta
+    return vma_merge(k, mm, vma, check_src=False, with_prev=False)
+
+
+def _merge(mm: MM, vma: VMA, check_src: bool, with_prev: bool) -> VMA:
+    """Models vma_merge_new_range()/vma_merge_existing_range() once ``vma`` is in place."""
     i = mm.vmas.index(vma)
-    if i + 1 < len(mm.vmas) and _mergeable(vma, mm.vmas[i + 1]):
-        nxt = mm.vmas[i + 1]
-        vma.vm_end = nxt.vm_end
-        vma.anon_vma = vma.anon_vma or nxt.anon_vma
-        mm.remove_vma(nxt)
-    if i > 0 and _mergeable(mm.vmas[i - 1], vma):
-        prev = mm.vmas[i - 1]
-        prev.vm_end = vma.vm_end
-        prev.anon_vma = prev.anon_vma or vma.anon_vma
-        mm.remove_vma(vma)
-        return prev
-    return vma
+    prev = mm.vmas[i - 1] if i > 0 and with_prev else None
+    nxt = mm.vmas[i + 1] if i + 1 < len(mm.vmas) else None
+    left = prev is not None and _can_merge(prev, vma, vma, check_src)
+    right = nxt is not None and _can_merge(vma, nxt, vma, check_src)
+    if left and right and prev.anon_vma is not None and nxt.anon_vma is not None \
+            and prev.anon_vma is not nxt.anon_vma:  # can_vma_merge_right(): prev and next must agree too
+        right = False
+    merged = [v for v, ok in ((prev, left), (vma, True), (nxt, right)) if ok]
+    if len(merged) == 1:
+        return vma
+    survivor = merged[0]
+    donor = next((v for v in merged if v.anon_vma is not None), None)  # dup_anon_vma()
+    survivor.vm_end = merged[-1].vm_end
+    if donor is not None:
+        survivor.anon_vma, survivor.anon_vma_chain = donor.anon_vma, donor.anon_vma_chain
+    for v in merged[1:]:
+        mm.remove_vma(v)
+    return survivor
 
 
 # --- mmap / munmap ------------------------------------------------------------------------------

@@ -25,8 +25,16 @@ from ..arch import (
 )
 from ..errors import MmError
 from .huge_memory import move_huge_pmds
-from .mmap import MMAP_MIN_ADDR, get_unmapped_area, split_vma, unmap_region, unshare_range, vma_merge
-from .pagewalk import PMD, PTE, Table, account_alloc, dir_of
+from .mmap import (
+    MMAP_MIN_ADDR,
+    get_unmapped_area,
+    split_vma,
+    unmap_region,
+    unshare_range,
+    vma_merge,
+    vma_merge_extend,
+)
+from .pagewalk import PMD, PTE, Table, account_alloc, dir_of, walk
 from .translate import lookup
 from .vma import VMA
 
@@ -67,7 +75,7 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_ad
             return addr
         if addr + old_size == vma.vm_end and addr + new_size <= mm.task_size \
                 and not mm.vmas_between(vma.vm_end, addr + new_size):  # vma_expandable()
-            vma.vm_end = addr + new_size
+            vma_merge_extend(k, mm, vma, new_size - old_size)
             return addr
     return move_vma(k, mm, vma, addr, old_size, new_size, new_addr)
 
@@ -89,8 +97,10 @@ def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: in
         do_munmap(k, mm, new_addr, new_size)
     unshare_range(k, mm, addr, addr + old_size)
     moved = min(old_size, new_size)
+    if vma.is_anonymous and vma.anon_vma is None:
+        pgoff = new_addr >> PAGE_SHIFT  # copy_vma(): no page depends on the offset, so make it mergeable there
     new = VMA(mm=mm, vm_start=new_addr, vm_end=new_addr + new_size, vm_flags=vma.vm_flags, vm_pgoff=pgoff,
-              obj=vma.obj, anon_vma=vma.anon_vma)
+              obj=vma.obj, anon_vma=vma.anon_vma, anon_vma_chain=vma.anon_vma_chain)
     mm.insert_vma(new)
     move_page_tables(k, mm, vma, addr, new, new_addr, moved)
     if old_size > new_size:
@@ -103,12 +113,21 @@ def move_vma(k: Kernel, mm: MM, vma: VMA, addr: int, old_size: int, new_size: in
 
 
 def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int) -> None:
-    """Move every present entry of [old_addr, old_addr + length) to the same offset at ``new_addr``."""
+    """Move every present entry of [old_addr, old_addr + length) to the same offset at ``new_addr``.
+
+    Linux walks the range in chunks that end at a table boundary on either side, and gives the
+    destination a table for every chunk whose source has one, whether or not any entry in it is
+    present (``alloc_new_pud``, ``alloc_new_pmd``, ``pte_alloc``); :func:`_alloc_like_source` does
+    that first, then the entries are moved.
+    """
     if old.is_hugetlb:
         step = k.geom.hpage_size
         addrs = np.arange(old_addr, old_addr + length, step, dtype=np.int64)
     else:
+        # huge PMDs move whole first (move_huge_pmd); the PTE tables left get destinations as the
+        # kernel allocates them
         move_huge_pmds(k, mm, old_addr, new_addr, length, lambda at, leaves: _install_leaves(k, mm, at, leaves))
+        _alloc_like_source(k, mm, old_addr, new_addr, length)
         addrs = np.arange(old_addr, old_addr + length, PAGE_SIZE, dtype=np.int64)
     dirty = np.zeros(len(addrs), dtype=bool)
     present, write, pfn = lookup(k, mm, addrs, wp_dirty=dirty)
@@ -120,6 +139,44 @@ def move_page_tables(k: Kernel, mm: MM, old: VMA, old_addr: int, new: VMA, new_a
     _clear(k, mm, src)
     k.events.add("ptes_moved", len(src))
     k.flush_tlb_mm(mm)
+
+
+def _alloc_like_source(k: Kernel, mm: MM, old_addr: int, new_addr: int, length: int) -> None:
+    """The destination tables of move_page_tables(): for every source span of [old_addr, +length)
+    that has a PMD table (a present PUD entry), a PUD table over its destination; for every span
+    that has a PTE table (a present PMD entry), a PMD table and a PTE table over its destination.
+    A source PTE table moved whole (a chunk of exactly 2 MiB) is one allocated here and one freed
+    with the old range, which is what the counts see."""
+    delta = new_addr - old_addr
+    end = old_addr + length
+    pte_span = k.geom.pte.span  # the span of a PMD entry
+    with_pte: list[np.ndarray] = []
+    for pmd in list(walk(k, mm, old_addr, end, PMD, write=False)):  # get_old_pud(): alloc_new_pud()
+        for _ in walk(k, mm, pmd.start + delta, pmd.end + delta, PMD + 1, alloc=True):
+            pass
+        base = pmd.start & ~(k.geom.pmd.span - 1)
+        spans = base + np.arange(PTRS_PER_TABLE, dtype=np.int64) * pte_span
+        keep = (entry_tag(k.stores[PMD].entries[pmd.cid]) != E_NONE) & (spans + pte_span > pmd.start) \
+            & (spans < pmd.end)
+        with_pte.append(spans[keep])
+    if not with_pte:
+        return
+    spans = np.concatenate(with_pte)
+    first = np.maximum(spans, old_addr) + delta
+    last = np.minimum(spans + pte_span, end) + delta - 1
+    dest = np.unique(np.concatenate([first, last]) & ~(pte_span - 1))
+    pmd_shift = k.geom.pmd.span.bit_length() - 1
+    for key in np.unique(dest >> pmd_shift).tolist():
+        here = dest[(dest >> pmd_shift) == key]
+        pmd = dir_of(k, mm, PTE, key << pmd_shift)  # get_old_pmd(): alloc_new_pmd(), then pte_alloc()
+        entries = k.stores[PMD].entries[pmd.cid]
+        slot = (here >> (pte_span.bit_length() - 1)) & (PTRS_PER_TABLE - 1)
+        none = slot[entry_tag(entries[slot]) == E_NONE]
+        if len(none):
+            ids = k.stores[PTE].new(np.zeros((len(none), PTRS_PER_TABLE), bool),
+                                    np.zeros((len(none), PTRS_PER_TABLE), bool), None)
+            entries[none] = mk_table(ids)
+            account_alloc(k, mm, PTE, len(none), pmd.box)
 
 
 def _install(k: Kernel, mm: MM, vma: VMA, addrs: np.ndarray, write: np.ndarray, pfn: np.ndarray,

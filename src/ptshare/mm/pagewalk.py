@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..arch import E_NONE, E_SHARED, E_TABLE, entry_tag, entry_value, mk_table
+from ..arch import E_NONE, E_SHARED, E_TABLE, PTRS_PER_TABLE, entry_tag, entry_value, mk_table
 from ..errors import InternalError
 from .pgtable import DROP
 
@@ -104,10 +104,13 @@ def _walk_dir(k: Kernel, mm: MM, parent: Table, lvl: int, write: bool, modify: b
     level = k.geom.levels[plvl]
     store = k.stores[plvl]
     child_store = k.stores[clvl]
+    # pXd_addr_end() and pXd_index() (Geometry.addr_end, Geometry.index) written out: this loop runs
+    # for every table every walk reaches.
+    shift, size, end = level.shift, level.entry_size, parent.end
     addr = parent.start
-    while addr < parent.end:
-        nxt = k.geom.addr_end(level, addr, parent.end)
-        i = k.geom.index(level, addr)
+    while addr < end:
+        nxt = min((addr + size) & ~(size - 1), end)
+        i = (addr >> shift) & (PTRS_PER_TABLE - 1)
         entry = int(store.entries[parent.cid, i])
         tag = entry_tag(entry)
         if tag == E_NONE:
@@ -192,13 +195,13 @@ def shared_entry(k: Kernel, mm: MM, lvl: int, dir_cid: int, i: int, start: int, 
     private copy of its contents.  A sole user takes the table as its own (``UNSHARE``).  A table
     entered with ``write`` has its contents made private to it (the simulator's copy-on-write).
     """
-    from . import ptshare
-
     entries = k.stores[lvl + 1].entries
     sid = int(entry_value(entries[dir_cid, i]))
     if how is Shared.ENTER or how is Shared.YIELD:
         cid = k.shared.cow_content(sid) if write and how is Shared.ENTER else int(k.shared.content[sid])
         return Table(lvl, cid, sid, sid, start, end, dir_cid, i)
+    from . import ptshare  # here, not above: a walk enters shared tables far more often than it lets go
+
     if int(k.shared.users[sid]) > 1:
         span = k.geom.levels[lvl].span
         base = start & ~(span - 1)

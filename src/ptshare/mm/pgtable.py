@@ -109,9 +109,13 @@ class PteStore(_Store):
     permission comes back (``can_change_pte_writable()``: ``pte_dirty``).  Few tables ever have
     such entries, so the mask is a dict; it never outlives the entries (:meth:`store` keeps it a
     subset of present and not writable).
+
+    ``full[id]`` (1 or 0) says whether every entry is present, kept with the present mask wherever it is
+    written, so that a read of whole tables finds those with nothing to fault in from one byte
+    per table instead of their 64-byte masks.
     """
 
-    _columns = (("present", 0), ("write", 0), ("row", 0))
+    _columns = (("present", 0), ("write", 0), ("row", 0), ("full", 0))
     RESERVE = 1 << 24  # contents reserved lazily: 16 million PTE tables
 
     def __init__(self) -> None:
@@ -120,6 +124,9 @@ class PteStore(_Store):
         self.write = lazy_zeros((self.RESERVE, MASK_BYTES), np.uint8, (64, MASK_BYTES))
         self.refs = lazy_zeros((len(self.present),), np.int64, (64,))
         self.row = lazy_zeros((len(self.present),), np.int64, (64,))
+        # int32, not bool: at 64 MiB the reservation is always mapped lazily, where a 16 MiB one
+        # may be served from the heap and zeroed at once by each new store
+        self.full = lazy_zeros((len(self.present),), np.int32, (64,))
         self.pfn = np.zeros((64, PTRS_PER_TABLE), dtype=np.int64)
         self._rows_next = 1
         self._rows_free: list[int] = []
@@ -129,7 +136,7 @@ class PteStore(_Store):
         """Store ``n`` new contents (bool[n, 512] masks, int64[n, 512] frames or None)."""
         n = len(present)
         ids = self._alloc_ids(n)
-        self.present[ids] = bitmap_pack(present)
+        self._set_present(ids, bitmap_pack(present))
         self.write[ids] = bitmap_pack(write)
         self.row[ids] = 0
         if pfn is not None:
@@ -144,7 +151,7 @@ class PteStore(_Store):
     def new_packed(self, present: np.ndarray, write: np.ndarray) -> np.ndarray:
         """Store contents given as packed masks (uint8[n, 64]) with no explicit frame."""
         ids = self._alloc_ids(len(present))
-        self.present[ids] = present
+        self._set_present(ids, present)
         self.write[ids] = write
         self.row[ids] = 0
         self.refs[ids] = 1
@@ -152,9 +159,14 @@ class PteStore(_Store):
 
     def store_packed(self, ids: np.ndarray, present: np.ndarray, write: np.ndarray) -> None:
         """Overwrite the masks of contents held by the caller alone; their frames stay as they are."""
-        self.present[ids] = present
+        self._set_present(ids, present)
         self.write[ids] = write
         self._trim_wp_dirty(ids)
+
+    def _set_present(self, ids: np.ndarray, packed: np.ndarray) -> None:
+        """The one place present masks are written: ``full`` follows them."""
+        self.present[ids] = packed
+        self.full[ids] = packed.min(axis=1, initial=0xFF) == 0xFF
 
     def has_wp_dirty(self, ids: np.ndarray) -> np.ndarray:
         """bool[n]: whether each content has dirty, write-protected entries (one pass over the
@@ -230,7 +242,7 @@ class PteStore(_Store):
 
     def store(self, ids: np.ndarray, present: np.ndarray, write: np.ndarray, pfn: np.ndarray) -> None:
         """Overwrite contents in place; only for ids the caller holds the sole reference to."""
-        self.present[ids] = bitmap_pack(present)
+        self._set_present(ids, bitmap_pack(present))
         self.write[ids] = bitmap_pack(write)
         explicit = pfn.any(axis=1)
         rows = self.row[ids]
@@ -303,12 +315,12 @@ class DirStore(_Store):
         """The id of a table holding ``entries``: an existing equal one if there is one (the entries'
         references on PTE contents are then given back), or a new one that takes them over (and
         takes the storage references on shared tables that the entries do not carry)."""
-        h = hash(entries.tobytes())
+        raw = entries.tobytes()
+        h = hash(raw)
         for other in self._by_hash.get(h, []):
-            if self.refs[other] > 0 and np.array_equal(self.entries[other], entries):
+            if self.refs[other] > 0 and self.entries[other].tobytes() == raw:
                 self.refs[other] += 1
-                tags = entry_tag(entries)
-                tables = entries[tags == E_TABLE]
+                tables = entries[entry_tag(entries) == E_TABLE]
                 if len(tables):
                     self.child.put(entry_value(tables))
                 return other
@@ -329,13 +341,14 @@ class DirStore(_Store):
         Contents are compared, not trusted to the hash, so a table changed since it was interned is
         never taken for another.
         """
-        h = hash(self.entries[cid].tobytes())
+        raw = self.entries[cid].tobytes()
+        h = hash(raw)
         old = self._hash_of.get(cid)
         if old is not None and old != h:
             self._forget(cid)
         bucket = self._by_hash.setdefault(h, [])
         for other in bucket:
-            if other != cid and self.refs[other] > 0 and np.array_equal(self.entries[other], self.entries[cid]):
+            if other != cid and self.refs[other] > 0 and self.entries[other].tobytes() == raw:
                 self.refs[other] += 1
                 self.put(cid)
                 return other

@@ -15,7 +15,8 @@ import numpy as np
 from ..arch import PAGE_SHIFT, PTRS_PER_TABLE
 from .access import write_stamp
 from .frames import PG_ANON, PG_EXCLUSIVE, ZERO_PFN
-from .vma import VMA, AnonVma
+from .rmap import anon_vma_prepare
+from .vma import VMA
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -277,12 +278,6 @@ class PteFaults:
         k.events.add("fault_wp_copy", int((copy_anon | copy_file).sum()))
         k.events.add("fault_wp_reuse", int(reuse.sum()))
         return int((absent | ro).sum())
-
-
-def anon_vma_prepare(vma: VMA) -> None:
-    """Models anon_vma_prepare(): the first anonymous page of a VMA gives it an anon_vma."""
-    if vma.anon_vma is None:
-        vma.anon_vma = AnonVma()
 
 
 def _first_seen(sp: np.ndarray, ent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -129,8 +129,9 @@ def share_alloc(k: Kernel, mm: MM, vma: VMA, lvl: int, bases: np.ndarray) -> tup
     return sids, attached
 
 
-def attach(k: Kernel, mm: MM, lvl: int, sids: np.ndarray) -> None:
-    """``mm`` starts using the shared tables ``sids`` (the caller installs the entries)."""
+def attach(k: Kernel, mm: MM, lvl: int, sids: np.ndarray, event: str = "pt_shared") -> None:
+    """``mm`` starts using the shared tables ``sids`` (the caller installs the entries); ``event``
+    counts them."""
     if len(sids) == 0:
         return
     np.add.at(k.shared.users, sids, 1)
@@ -138,7 +139,7 @@ def attach(k: Kernel, mm: MM, lvl: int, sids: np.ndarray) -> None:
     mm.nr_shared += len(sids)
     if lvl > PTE:
         mm.boxes.update(sids.tolist())
-    k.events.add("pt_shared", len(sids))
+    k.events.add(event, len(sids))
 
 
 # --- sharing copy-on-write at fork ---------------------------------------------------------------
@@ -150,7 +151,7 @@ def cow_share(k: Kernel, parent: MM, child: MM, cids: np.ndarray) -> np.ndarray:
     both.  The pages mapped keep their counts: they are raised when a table is copied
     (:func:`copy_shared`)."""
     sids = k.shared.new(PTE, cids, parent.id, COW)
-    attach(k, child, PTE, sids)
+    attach(k, child, PTE, sids, "pt_cow_shared")
     return sids
 
 
@@ -206,6 +207,7 @@ def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     k.frames.mapcount[anon] += 1
     k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
     pte.get(cid)  # the copy holds what the shared table holds: storage is shared until one changes
+    k.events.add("pt_copied")
     k.events.add("ptes_copied", int(present.sum()))
     k.events.add("pte_tables_copied")
     k.frames.alloc_pgtables(1)
@@ -248,11 +250,14 @@ def privatize(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
 def attached_tables(k: Kernel, mm: MM) -> int:
     """Tables ``mm`` uses but did not allocate (VmSHPT): those it attached, and the tables inside
     shared tables it attached."""
-    inside = sum(int(k.shared.children[sid].sum()) for sid in mm.boxes if int(k.shared.owner[sid]) != mm.id)
-    return mm.nr_shared + inside
+    if not mm.boxes:
+        return mm.nr_shared
+    boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
+    return mm.nr_shared + int(k.shared.children[boxes[k.shared.owner[boxes] != mm.id]].sum())
 
 
 def vmpte_tables(k: Kernel, mm: MM) -> int:
     """Tables counted in ``mm``'s VmPTE, the tables inside shared tables included."""
-    inside = int(k.shared.children[list(mm.boxes)].sum()) if mm.boxes else 0
+    boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
+    inside = int(k.shared.children[boxes].sum())
     return mm.nr_ptes + mm.nr_pmds + mm.nr_puds + inside

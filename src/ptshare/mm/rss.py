@@ -17,7 +17,7 @@ import numpy as np
 from ..arch import E_SHARED, E_TABLE, PAGE_SHIFT, PTRS_PER_TABLE, entry_tag, range_bits
 from .frames import HUGE_UNITS, ZERO_PFN
 from .huge_memory import nr_huge_pmds
-from .pagewalk import PMD, PTE, entry_tables, span_slices, walk
+from .pagewalk import PMD, PTE, PUD, entry_tables, span_slices, walk
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -52,18 +52,26 @@ def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int, int]:
     """Present entries of ``vma`` that map their file page implicitly, explicit non-zero pages, and
     the pages of those that huge PMDs map."""
     implicit = explicit = huge = 0
-    for pmd in walk(k, mm, vma.vm_start, vma.vm_end, PMD, write=False):
-        base = pmd.start & ~(k.geom.pmd.span - 1)
-        whole = pmd.start == base and pmd.end == base + k.geom.pmd.span
-        if whole and pmd.cid in memo:
-            got = memo[pmd.cid]
-        else:
-            got = _count_pmd(k, pmd.cid, pmd.start, pmd.end)
-            if whole:
-                memo[pmd.cid] = got
-        implicit += got[0]
-        explicit += got[1]
-        huge += got[2]
+    span = k.geom.pmd.span
+    for pud in walk(k, mm, vma.vm_start, vma.vm_end, PUD, write=False):
+        # The PMD tables of one PUD table looked up at once, shared or not (a walk to the PMD level
+        # would visit them one by one, and this runs for every VMA of every process reported).
+        i0, i1, bases = span_slices(k, PUD, pud.start, pud.end)
+        _sids, cids = entry_tables(k, k.stores[PUD].entries[pud.cid, i0:i1])
+        for base, cid in zip(bases.tolist(), cids.tolist(), strict=True):
+            if not cid:
+                continue
+            lo, hi = max(pud.start, base), min(pud.end, base + span)
+            whole = lo == base and hi == base + span
+            if whole and cid in memo:
+                got = memo[cid]
+            else:
+                got = _count_pmd(k, cid, lo, hi)
+                if whole:
+                    memo[cid] = got
+            implicit += got[0]
+            explicit += got[1]
+            huge += got[2]
     return implicit, explicit, huge
 
 

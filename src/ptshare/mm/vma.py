@@ -68,6 +68,9 @@ class AnonVma:
 
     id: int = field(default_factory=itertools.count(1).__next__)
 
+    def __repr__(self) -> str:
+        return f"<AnonVma {self.id}>"
+
 
 @dataclass(eq=False)
 class VMA:
@@ -80,6 +83,9 @@ class VMA:
     vm_pgoff: int  # in pages of the backing object's page size... of 4 KiB, as Linux keeps it
     obj: AddressSpace | None = None
     anon_vma: AnonVma | None = None
+    # The anon_vmas this VMA's pages may belong to (``anon_vma_chain``): its own, and, in a
+    # child of fork, those of the parent's VMA it was copied from.  Only its length matters here.
+    anon_vma_chain: tuple[AnonVma, ...] = ()
 
     def __repr__(self) -> str:
         backing = self.obj.name if self.obj is not None else "anon"
@@ -96,6 +102,13 @@ class VMA:
     def is_anonymous(self) -> bool:
         """``vma_is_anonymous()``: private anonymous memory (no backing object)."""
         return self.obj is None
+
+    @property
+    def is_fork_child(self) -> bool:
+        """``vma_is_fork_child()`` (mm/vma.c): the VMA has an anon_vma and its chain links it to
+        more than one -- it was copied by fork from a VMA with anonymous pages (or split or moved
+        from one that was).  Linux keeps such a VMA from merging with one that has no anon_vma."""
+        return self.anon_vma is not None and len(self.anon_vma_chain) > 1
 
     @property
     def is_shared(self) -> bool:

@@ -20,7 +20,9 @@ Checked:
   explicit frames, and their pages are counted once per table, not per user;
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
-* the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included).
+* the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
+* the VMA invariants of :mod:`.vma_checks` (order, anon_vma chains, anonymous pages only in VMAs
+  with an anon_vma).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..mm.huge_memory import folio_pages, pmd_trans_huge
 from ..mm.pagewalk import PMD, PTE, PUD
 from ..mm.pgtable import COW
 from ..mm.vma import VM_WRITE
+from .vma_checks import check_vmas
 
 if TYPE_CHECKING:
     from ..mm.kernel import Kernel
@@ -124,6 +127,7 @@ def check(system: System) -> None:
         _check_entries(k, name, walk, mapcount, counted)
         _check_counts(k, name, walk)
         _check_shareable(k, name, walk, keys)
+        check_vmas(k, name, walk.mm, walk.ptes)
     _check_frames(k, mapcount, cache_owner)
     _check_shared(k, walks)
     _check_storage(k)
@@ -147,6 +151,9 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
             counted.add(sid)
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
         dirty = pte.wp_dirty_of(np.array([cid]))[0]
+        if (pte.full[cid] != 0) != bool(present.all()):
+            raise InternalError("table's all-present mark disagrees with its entries", process=name,
+                                table=hex(base), full=bool(pte.full[cid]))
         if (write & ~present).any():
             raise InternalError("writable entry that is not present", process=name, table=hex(base))
         if (dirty & ~(present & ~write)).any():

@@ -81,6 +81,8 @@ class Policy:
     words = "Linux 6.18"
     kernel = "Linux 6.18"
     summary = "skip page tables of VMAs without anon_vma at fork; fault-around 16; hugetlb PMD sharing"
+    color = "#2ca02c"  # how every figure draws this policy: one colour and marker, whatever else is drawn
+    marker = "^"
     fault_around_pages = 16
     hugetlb_pmd_share = True
     unshare_mode = "drop"

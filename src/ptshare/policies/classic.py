@@ -18,6 +18,8 @@ class LinuxNoPmdShare(Policy):
     label = words = "Linux 6.18 without PMD sharing"
     kernel = "Linux 6.18, hugetlb PMD sharing off"
     summary = "as linux, but every process has its own PMD tables for hugetlb mappings"
+    color = "#ff7f0e"
+    marker = "v"
     hugetlb_pmd_share = False
 
 
@@ -29,6 +31,8 @@ class Eager(Policy):
     words = "eager copy"
     kernel = "Linux <= 2.6.13"
     summary = "copy the page tables of every VMA at fork; no fault-around; no hugetlb PMD sharing"
+    color = "#1f77b4"
+    marker = "o"
     fault_around_pages = 1
     hugetlb_pmd_share = False
 
@@ -48,6 +52,8 @@ class Lazy(Policy):
     words = "lazy copy"
     kernel = "Linux 2.6.14"
     summary = "skip page tables at fork unless the VMA has anon_vma or is hugetlb; no fault-around"
+    color = "#d62728"
+    marker = "s"
     fault_around_pages = 1
     hugetlb_pmd_share = False
 

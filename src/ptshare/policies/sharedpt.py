@@ -46,6 +46,9 @@ class SharedPT(Policy):
     words = "shared page tables"
     kernel = "McCracken 2006 (simple shared page tables) on Linux 6.18"
     summary = "as linux, plus PTE tables of shared file mappings shared at fork and at fault"
+    color = "#9467bd"
+    marker = "D"
+
     def share_at_fork(self, vma: VMA) -> bool:
         return self.pte_share_key(vma) is not None
 
@@ -59,6 +62,8 @@ class SharedPT2005(SharedPT):
     words = "2005 shared page tables"
     kernel = "McCracken 2005 (shared page tables) on Linux 6.18"
     summary = "as shared-pt, and PMD tables shared too where a VMA covers a whole 1 GiB span"
+    color = "#8c564b"
+    marker = "P"
 
     def pmd_share_key(self, vma: VMA) -> ShareKey | None:
         return mccracken_key(vma, 1 << 30) or super().pmd_share_key(vma)

@@ -1,4 +1,5 @@
-"""Reading scenario files (TOML), with every error reported as ``FILE:LINE: message``."""
+"""Reading scenario files (TOML), with every error reported as ``FILE:LINE: message`` (the lines
+from :mod:`.lines`)."""
 
 from __future__ import annotations
 
@@ -10,56 +11,21 @@ from typing import Any
 from ..errors import ScenarioError
 from ..files import readable_file
 from ..mm.huge_memory import THP_MODES
+from .lines import scan
 from .model import Machine, Scenario
 
 _MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp", "translation", "translation_cpu",
                  "translation_slice"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
-_HEADER = re.compile(r"^\s*\[\[\s*(objects|steps)\s*\]\]\s*(#.*)?$")
-_TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 
 
-def _line_map(text: str) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], dict[str, int]], dict[str, int]]:
-    """Where each [[objects]]/[[steps]] table starts, and where its keys are.
-
-    tomllib gives no positions, so the file is scanned for table headers and ``key =`` lines; a
-    key written inline (``{ ... }``) falls back to its table's header line.
-    """
-    headers: dict[tuple[str, int], int] = {}
-    keys: dict[tuple[str, int], dict[str, int]] = {}
-    top: dict[str, int] = {}
-    counts = {"objects": 0, "steps": 0}
-    current: tuple[str, int] | None = None
-    section = ""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        match = _HEADER.match(raw)
-        if match:
-            kind = match.group(1)
-            current = (kind, counts[kind])
-            counts[kind] += 1
-            headers[current] = number
-            keys[current] = {}
-            section = kind
-            continue
-        match = _TABLE.match(raw)
-        if match:
-            current = None
-            section = match.group(1)
-            top.setdefault(section, number)
-            continue
-        match = _KEY.match(raw)
-        if match:
-            key = match.group(1)
-            if current is not None:
-                keys[current].setdefault(key, number)
-            else:
-                top.setdefault(f"{section}.{key}" if section else key, number)
-    return headers, keys, top
-
-
-def _toml_error_line(message: str) -> int | None:
-    match = re.search(r"line (\d+)", message)
+def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
+    """The line tomllib's parser stopped at (its own position: ``lineno`` from Python 3.14, before
+    that only in the message it formats, "... (at line N, column M)")."""
+    lineno = getattr(exc, "lineno", None)
+    if lineno is not None:
+        return lineno
+    match = re.search(r"\(at line (\d+), column \d+\)$", str(exc))
     return int(match.group(1)) if match else None
 
 
@@ -82,8 +48,9 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"not valid TOML: {exc}", path, _toml_error_line(str(exc))) from None
-    headers, keys, top = _line_map(text)
+        raise ScenarioError(f"not valid TOML: {exc}", path, _toml_error_line(exc)) from None
+    layout = scan(text)
+    headers, keys, top = layout.headers, layout.keys, layout.top
     for key in data:
         if key not in _TOP_KEYS:
             raise ScenarioError(f"unknown top-level key {key!r}; allowed: {', '.join(sorted(_TOP_KEYS))}",

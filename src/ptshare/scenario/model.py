@@ -22,7 +22,7 @@ from ..arch import PAGE_SIZE
 from ..errors import ScenarioError
 from ..mm.pagecache import KINDS
 from ..mm.vma import PROTS
-from ..units import parse_size
+from ..units import parse_size, si_note
 
 OPS = ("spawn", "fork", "exec", "exit", "mmap", "munmap", "mprotect", "mremap", "madvise", "touch", "truncate")
 
@@ -131,9 +131,9 @@ def _convert(key: str, value: Any, step: Step | None, i: int | None = None, file
         except ValueError as exc:
             raise _fail(f"{key}: {exc}", file, line) from None
         if key in ("offset", "length", "size") and number % PAGE_SIZE:
-            raise _fail(f"{key} = {value!r} is not a multiple of the 4 KiB page size", file, line)
+            raise _fail(f"{key} = {value!r} is not a multiple of the 4 KiB page size{si_note(value)}", file, line)
         if key == "stride" and (number < PAGE_SIZE or number % PAGE_SIZE):
-            raise _fail(f"stride = {value!r} must be a positive multiple of 4 KiB", file, line)
+            raise _fail(f"stride = {value!r} must be a positive multiple of 4 KiB{si_note(value)}", file, line)
         if key in ("size", "length") and number == 0 and not (step is not None and step.op == "truncate"):
             raise _fail(f"{key} must be more than 0", file, line)  # truncate to 0 is ftruncate(fd, 0)
         return number
@@ -208,10 +208,11 @@ class Scenario:
         except ValueError as exc:
             raise _fail(f"object {name!r}: size: {exc}", self.path, at("size", line)) from None
         if nbytes == 0 or nbytes % PAGE_SIZE:
-            raise _fail(f"object {name!r}: size must be a positive multiple of 4 KiB", self.path, at("size", line))
-        if kind == "hugetlb" and nbytes % (2 << 20):
-            raise _fail(f"object {name!r}: a hugetlb object's size must be a multiple of 2 MiB", self.path,
+            raise _fail(f"object {name!r}: size must be a positive multiple of 4 KiB{si_note(size)}", self.path,
                         at("size", line))
+        if kind == "hugetlb" and nbytes % (2 << 20):
+            raise _fail(f"object {name!r}: a hugetlb object's size must be a multiple of 2 MiB{si_note(size)}",
+                        self.path, at("size", line))
         self.objects.append(ObjectSpec(name, kind, nbytes, line))
 
     def step(self, op: str, *, line: int | None = None, keylines: dict[str, int] | None = None,

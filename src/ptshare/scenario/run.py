@@ -147,11 +147,14 @@ class Runner:
 
 
 def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check: bool = False,
-        progress: Callable[[int, int], None] | None = None, translation: bool = False) -> RunResult:
+        progress: Callable[[int, int], None] | None = None, translation: bool = False,
+        task_size: int | None = None, observe: Callable[[System, StepResult], None] | None = None) -> RunResult:
     """Run ``scenario`` under ``policy`` on the simulator.
 
     With ``translation`` (or the scenario's ``[machine] translation``), touches are also run
     through the translation model and every step carries its ``translation`` figures.
+    ``task_size`` puts the top of every address space lower than the architecture's; ``observe``
+    is called with the system and each step's result as it is made (to add what a caller needs).
 
     A scenario error raised while running (a process used after it was killed, a call the
     kernel refuses) is raised as :class:`ScenarioError` with the step's file and line; what ran
@@ -160,7 +163,8 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     cost = cost or load_profile()
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
-                    mmap_base=m.mmap_base, thp=m.thp, check=check, translation=translation_options(m, translation))
+                    mmap_base=m.mmap_base, thp=m.thp, task_size=task_size, check=check,
+                    translation=translation_options(m, translation))
     create_objects(scenario, system)
     runner = Runner(scenario, system)
     results: list[StepResult] = []
@@ -193,6 +197,8 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
             processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta), wall_ns=wall,
             signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v},
             translation=figures))
+        if observe is not None:
+            observe(system, results[-1])
     return _result(scenario, system, results, cost, started)
 
 
