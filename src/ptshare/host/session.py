@@ -31,8 +31,11 @@ REPLY_TIMEOUT_S = 600
 GONE_TIMEOUT_S = 30
 WORKER_ENV = {
     # rseq off: the kernel's writes to the rseq area would be faults (see measure.py); no heap trimming,
-    # so that the interpreter's heap, once grown, keeps its pages (and its RSS stays put)
-    "GLIBC_TUNABLES": "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1073741824",
+    # so that the interpreter's heap, once grown, keeps its pages (and its RSS stays put); and 8 MiB
+    # of heap to spare whenever it grows, so that the heap the worker populates at its start is large
+    # enough for the rest of the run (without it, a heap that happened to end near its top grew by a
+    # page mid-run, in one of every few runs)
+    "GLIBC_TUNABLES": "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=8388608",
     "OPENBLAS_NUM_THREADS": "1",  # a worker must be single-threaded to be forked safely
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",

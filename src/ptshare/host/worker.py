@@ -301,22 +301,34 @@ def populate_own_memory(write: bool, skip: tuple[int, int] = WINDOW) -> None:
 def reserve_above() -> int:
     """Take every free range from the 512 GiB boundary below this process's lowest mapping above
     the window up to :data:`STACK_ROOM` below its stack, with inaccessible reservations that hold
-    no memory and no page table; returns that boundary (the worker's floor)."""
-    maps = maps_layout(WINDOW[1], 1 << 47)
-    floor = maps[0][0] & ~(FLOOR_ALIGN - 1)
-    below = maps_layout(WINDOW[0], floor)
-    if below:
-        raise OSError(0, f"the interpreter maps {below[0][0]:#x}-{below[0][1]:#x}, below its floor {floor:#x}")
+    no memory and no page table; returns that boundary (the worker's floor).
+
+    Reading the layout allocates, and the interpreter's allocator may map an arena in a free range
+    before it is taken: the layout is then read again and what is still free is taken."""
     with open("/proc/self/maps", "rb") as f:
         stack = next(int(line.split(b"-")[0], 16) for line in f.read().split(b"\n") if line.endswith(b"[stack]"))
     top = stack - STACK_ROOM
+    for _attempt in range(8):
+        maps = maps_layout(WINDOW[1], 1 << 47)
+        floor = maps[0][0] & ~(FLOOR_ALIGN - 1)
+        below = maps_layout(WINDOW[0], floor)
+        if below:
+            raise OSError(0, f"the interpreter maps {below[0][0]:#x}-{below[0][1]:#x}, below its floor {floor:#x}")
+        try:
+            _reserve_gaps(maps, floor, top)
+            return floor
+        except FileExistsError:
+            continue
+    raise OSError(0, "the interpreter kept mapping memory while its free ranges were being reserved")
+
+
+def _reserve_gaps(maps: list, floor: int, top: int) -> None:
     prev = floor
     for start, end, _perms in [*maps, [top, top, ""]]:
         if start > prev and prev < top:
             syscalls.mmap(prev, min(start, top) - prev, syscalls.PROT_NONE, syscalls.MAP_PRIVATE
                           | syscalls.MAP_ANONYMOUS | syscalls.MAP_NORESERVE | syscalls.MAP_FIXED_NOREPLACE)
         prev = max(prev, end)
-    return floor
 
 
 def _wait_gone(pid: int) -> None:

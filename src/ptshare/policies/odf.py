@@ -21,6 +21,8 @@ class OnDemandFork(Policy):
     name = "odf"
     label = "On-demand fork (2021)"
     words = "on-demand fork"
+    color = "#e377c2"
+    marker = "X"
     kernel = "On-demand-fork (Zhao et al., EuroSys 2021) on Linux 6.18"
     summary = ("as linux, but fork shares the PTE tables of private anonymous memory copy-on-write; "
                "the first change in a 2 MiB span copies that table")
