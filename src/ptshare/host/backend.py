@@ -91,11 +91,11 @@ def run_on_host(scenario: Scenario, cost: CostModel | None = None,
     plan = make_plan(scenario, cost)
     check_limits(plan)
     if not plan.uses_thp:
-        return _run_plan(plan, cost)
+        return _run_plan(plan, cost, own_layout)
     check_thp_host()
     for _ in range(COLLAPSE_TRIES):
         before = collapses()
-        result, error = _run_plan(plan, cost)
+        result, error = _run_plan(plan, cost, own_layout)
         if collapses() == before:
             return result, error
     raise HostError(f"khugepaged collapsed huge pages during each of {COLLAPSE_TRIES} runs of {scenario.name!r} "
@@ -103,7 +103,7 @@ def run_on_host(scenario: Scenario, cost: CostModel | None = None,
                     "when the machine is quieter")
 
 
-def _run_plan(plan: Plan, cost: CostModel) -> tuple[HostRunResult, PtshareError | None]:
+def _run_plan(plan: Plan, cost: CostModel, own_layout: bool) -> tuple[HostRunResult, PtshareError | None]:
     started = time.perf_counter_ns()
     own_start = read_status()["vmpte_kb"]
     with _signals_interrupt():
