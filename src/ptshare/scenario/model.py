@@ -40,7 +40,6 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "touch": (("pid", "vma"), ("access", "offset", "length", "pattern", "count", "seed", "zipf_s", "stride")),
     "truncate": (("object", "size"), ()),
 }
-COMMON = ("op", "repeat", "name")
 ACCESSES = ("read", "write")
 PATTERNS = ("sequential", "random", "zipf")
 ZIPF_S_MAX = 10  # the largest zipf exponent a touch takes
