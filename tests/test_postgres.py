@@ -25,6 +25,7 @@ import pytest
 
 from ptshare.cli.main import main
 from ptshare.snapshot import load
+from stopping import wait_stopped
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PostgreSQL test: Linux only"),
@@ -164,22 +165,6 @@ def client_backends(postmaster: int) -> list[int]:
             if b"[local]" in f.read():
                 out.append(pid)
     return out
-
-
-def wait_stopped(pids: list[int]) -> None:
-    """Until every one of ``pids`` is in state T (stopped) or gone: SIGSTOP is delivered asynchronously."""
-    deadline = time.monotonic() + 60
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rpartition(")")[2].split()[0] in "TtZX":
-                        break
-            except OSError:
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError(f"process {pid} did not stop within a minute of SIGSTOP")
 
 
 @contextlib.contextmanager

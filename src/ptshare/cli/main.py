@@ -16,39 +16,18 @@ from ..errors import PtshareError, ScenarioError, UsageError
 from ..policies import POLICIES
 from . import render
 from .helptext import ArgumentParser
+from .options import load_cost, load_scenario, policy_names
 from .output import check_output, write_output
 from .progress import Progress
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
-def _policies(text: str) -> list[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    if not names:
-        raise UsageError("--policy needs at least one policy name")
-    for name in names:
-        if name not in POLICIES:
-            raise UsageError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
-    return names
-
-
-def _load(path: str):
-    from ..scenario import load
-
-    return load(path)
-
-
-def _cost(path: str | None):
-    from ..cost import load_profile
-
-    return load_profile(path)
-
-
 def _run_all(scenario, policies: list[str], args) -> tuple[list, PtshareError | None]:
     """Run every policy; on an error, keep what finished (and the partial run) and return the error."""
     from ..scenario import run
 
-    cost = _cost(args.profile)
+    cost = load_cost(args.profile)
     results = []
     for policy in policies:
         progress = Progress(f"{scenario.name} [{policy}]")
@@ -66,8 +45,8 @@ def _run_all(scenario, policies: list[str], args) -> tuple[list, PtshareError | 
 
 
 def cmd_run(args) -> int:
-    scenario = _load(args.scenario)
-    policies = _policies(args.policy)
+    scenario = load_scenario(args.scenario)
+    policies = policy_names(args.policy)
     if args.output:
         check_output(args.output)
     if args.backend == "host":
@@ -100,8 +79,8 @@ def _emit_runs(results: list, fmt: str, output: str | None) -> None:
 
 
 def cmd_compare(args) -> int:
-    scenario = _load(args.scenario)
-    policies = _policies(args.policy)
+    scenario = load_scenario(args.scenario)
+    policies = policy_names(args.policy)
     if args.output:
         check_output(args.output)
     results, error = _run_all(scenario, policies, args)

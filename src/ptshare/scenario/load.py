@@ -61,7 +61,7 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ScenarioError("description must be a string", path, top.get("description"))
-    scenario = Scenario(name=name, description=description, machine=_machine(data.get("machine", {}), path, top),
+    scenario = Scenario(name=name, description=description, machine=parse_machine(data.get("machine", {}), path, top),
                         path=path, text=text)
     objects = data.get("objects", [])
     if not isinstance(objects, list):
@@ -97,7 +97,7 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
     return scenario
 
 
-def _machine(data: Any, path: str, top: dict[str, int]) -> Machine:
+def parse_machine(data: Any, path: str, top: dict[str, int]) -> Machine:
     line = top.get("machine")
     if not isinstance(data, dict):
         raise ScenarioError("[machine] must be a table", path, line)

@@ -81,12 +81,12 @@ def _messages(kind: str, messages: list[str]) -> None:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
-    from ..cli.main import _policies
+    from ..cli.options import policy_names
     from ..cost import load_profile
     from .render import whatif_table
     from .whatif import whatif
 
-    policies = _policies(args.policy)
+    policies = policy_names(args.policy)
     cost = load_profile(args.profile)
     if args.output:
         check_output(args.output)

@@ -54,14 +54,14 @@ def _db(path: str | None, *, create: bool = True) -> ResultsDB:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..cli.main import _cost, _load, _policies
+    from ..cli.options import load_cost, load_scenario, policy_names
     from .keys import parse_axes
 
-    scenario = _load(args.scenario)
-    policies = _policies(args.policy)
+    scenario = load_scenario(args.scenario)
+    policies = policy_names(args.policy)
     axes = parse_axes(scenario, args.vary)
     points = grid.plan(scenario, axes, policies)  # every point checked before the database is opened
-    cost = _cost(args.profile)
+    cost = load_cost(args.profile)
     with _db(args.db) as db, executor_for(args) as executor:
         record, tally = grid.run_sweep(scenario, axes, policies, db, cost, points=points, executor=executor)
         out, total = grid.rows(record, db)

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import ScenarioError, UsageError
 from ..scenario import Machine, Scenario, Step
 from ..scenario.check import check_names
-from ..scenario.load import _machine
+from ..scenario.load import parse_machine
 from ..scenario.model import fields_of
 
 MACHINE_FIELDS = tuple(f.name for f in fields(Machine))
@@ -116,7 +116,7 @@ def with_values(scenario: Scenario, settings: list[tuple[Axis, Any]]) -> Scenari
     try:
         if machine:
             current = {k: v for k, v in asdict(scenario.machine).items() if v is not None}
-            new_machine = _machine({**current, **machine}, scenario.path or "<scenario>", {})
+            new_machine = parse_machine({**current, **machine}, scenario.path or "<scenario>", {})
         else:
             new_machine = scenario.machine
         out = Scenario(scenario.name, scenario.description, new_machine, path=scenario.path)
