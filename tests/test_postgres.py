@@ -25,7 +25,7 @@ import pytest
 
 from ptshare.cli.main import main
 from ptshare.snapshot import load
-from stopping import wait_stopped
+from stopping import stopped
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PostgreSQL test: Linux only"),
@@ -168,26 +168,12 @@ def client_backends(postmaster: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def stopped(postmaster: int, bench: int):
+def quiesced(postmaster: int, bench: int):
     """The server quiesced: pgbench, the postmaster (so that it forks no new backend) and then every
     child of the postmaster stopped with SIGSTOP, so that the kernel's figures and the snapshot are of
     one instant however loaded the machine is; all continued (SIGCONT) on the way out, whatever happens."""
-    held: list[int] = []
-    try:
-        for pid in (bench, postmaster):
-            os.kill(pid, signal.SIGSTOP)
-            held.append(pid)
-        wait_stopped(held)
-        for pid in children(postmaster):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                held.append(pid)
-        wait_stopped(held)
+    with stopped([bench, postmaster]), stopped(children(postmaster)):
         yield
-    finally:
-        for pid in reversed(held):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 def snapshot_under_load(pg: Cluster, path: Path) -> None:
@@ -205,7 +191,7 @@ def snapshot_under_load(pg: Cluster, path: Path) -> None:
             time.sleep(0.2)
         time.sleep(5)  # let the backends touch the shared buffers
         assert len(client_backends(pg.postmaster)) >= 20
-        with stopped(pg.postmaster, bench.pid):
+        with quiesced(pg.postmaster, bench.pid):
             assert main(["snapshot", "--pid", str(pg.postmaster), "--children", "-o", str(path)]) == 0
     finally:
         bench.terminate()
