@@ -91,7 +91,8 @@ class Cluster:
                                     "--local-directory", str(where / f"w{n}")) for n in range(workers)]
         self.procs += self.workers
         self.client = distributed.Client(self.address, timeout=START_S)
-        self.client.wait_for_workers(workers, timeout=START_S)
+        if workers:
+            self.client.wait_for_workers(workers, timeout=START_S)
 
     def _start(self, *argv: str) -> subprocess.Popen:
         log = open(self.where / f"{argv[0]}-{len(getattr(self, 'procs', []))}.log", "w")  # noqa: SIM115
@@ -179,3 +180,18 @@ def test_a_worker_killed_mid_sweep_loses_no_run_and_stores_none_twice(cluster, t
     for task in lost:
         spec = points[task].spec
         assert stored[points[task].key] == SweepMetrics().measure(spec, run(spec.scenario, spec.policy))
+
+
+def test_a_scheduler_without_workers_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from ptshare.experiments import executor
+
+    idle = Cluster(tmp_path, workers=0)
+    try:
+        monkeypatch.setattr(executor, "START_TIMEOUT_S", 2)
+        db = tmp_path / "r.db"
+        assert main(["sweep", SEGMENT, *GRID, "--db", str(db), "--cluster", idle.address]) == 2
+        err = capsys.readouterr().err
+        assert f"--cluster {idle.address}: the scheduler has no workers" in err
+        assert f"dask worker {idle.address}" in err and "Traceback" not in err
+    finally:
+        idle.close()
