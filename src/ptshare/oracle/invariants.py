@@ -22,7 +22,10 @@ Checked:
 * each mm's VmPTE counters equal the tables reachable from it;
 * the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
 * the VMA invariants of :mod:`.vma_checks` (order, anon_vma chains, anonymous pages only in VMAs
-  with an anon_vma).
+  with an anon_vma);
+* a copy async-fork left to a child (:mod:`ptshare.mm.asyncfork`) is between two live mms, and
+  each span still to copy lies in a VMA of the parent, holds the parent's PMD entry as fork left it
+  (a span the parent changed was charged as its copy) and has a PTE table in the child.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ def check(system: System) -> None:
     _check_shared(k, walks)
     _check_storage(k)
     _check_pagetables(k, walks)
+    _check_background(k)
 
 
 def _vma_at(mm: MM, addrs: np.ndarray) -> np.ndarray:
@@ -402,3 +406,30 @@ def check_empty(system: System) -> None:
     left = {key: v for key, v in left.items() if v}
     if left:
         raise InternalError("something was left after every process exited", **left)
+
+
+def _check_background(k: Kernel) -> None:
+    from ..mm.asyncfork import changed_spans, pmd_entries
+
+    for pending in k.background:
+        if pending.parent.dead or pending.child.dead:
+            raise InternalError("async-fork copy pending for an mm that is gone", parent=pending.parent.id,
+                                child=pending.child.id)
+        if (pending.ptes < 0).any() or (pending.rest < 0).any():
+            raise InternalError("async-fork copy pending with negative work", parent=pending.parent.id)
+        changed = changed_spans(k, pending)
+        if changed.any():
+            raise InternalError("async-fork: a span the parent changed is still pending",
+                                spans=[hex(a) for a in pending.addrs[changed][:4].tolist()])
+        ends = np.array([v.vm_end for v in pending.parent.vmas], dtype=np.int64)
+        starts = np.array([v.vm_start for v in pending.parent.vmas], dtype=np.int64)
+        first = np.minimum(np.searchsorted(ends, pending.addrs, side="right"), max(len(ends) - 1, 0))
+        outside = (ends[first] <= pending.addrs) | (starts[first] >= pending.addrs + k.geom.pmd_size) \
+            if len(ends) else np.ones(len(pending.addrs), bool)
+        if outside.any():
+            raise InternalError("async-fork: a pending span outside the parent's VMAs",
+                                spans=[hex(a) for a in pending.addrs[outside][:4].tolist()])
+        missing = entry_tag(pmd_entries(k, pending.child, pending.addrs)) != E_TABLE
+        if missing.any():
+            raise InternalError("async-fork: the child has no PTE table for a span it is to copy",
+                                spans=[hex(a) for a in pending.addrs[missing][:4].tolist()], child=pending.child.id)

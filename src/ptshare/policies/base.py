@@ -38,6 +38,11 @@ A subclass may override exactly these hooks:
     instead: parent and child use the same table until one of them changes the span -- a fault
     included -- which then copies it first.  Only private (copy-on-write) mappings may; the pages'
     reference counts are raised when a table is copied, not at fork.
+``copy_lower_levels_async(vma)``
+    Whether fork, where it copies the page tables of ``vma``, leaves the PMD and PTE levels to the
+    child to copy off the parent's path, the parent copying a range itself first where it changes
+    one the child has not copied yet (async-fork; see :mod:`ptshare.mm.asyncfork`).  Only the cost
+    moves: the tables are Linux's.
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class Policy:
         return None
 
     def cow_pte_tables(self, vma: VMA) -> bool:
+        return False
+
+    def copy_lower_levels_async(self, vma: VMA) -> bool:
         return False
 
     def share_key(self, level: int, vma: VMA) -> ShareKey | None:
