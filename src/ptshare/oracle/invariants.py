@@ -17,7 +17,8 @@ Checked:
 * a table shared by key sits only where a VMA covers its whole span, and every user's span has the
   same key by the policy's own hook (:meth:`Policy.share_key`), the key it is registered under; a
   table shared copy-on-write sits only in copy-on-write mappings; only copy-on-write tables hold
-  explicit frames, and their pages are counted once per table, not per user;
+  explicit frames, and their pages are counted once per table, not per user -- except a table whose
+  pages fork counted for every user (cow-pt), counted per user;
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
 * the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
@@ -49,7 +50,7 @@ from ..errors import InternalError
 from ..mm.frames import HUGE_UNITS, PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.huge_memory import folio_pages, pmd_trans_huge
 from ..mm.pagewalk import PMD, PTE, PUD
-from ..mm.pgtable import COW
+from ..mm.pgtable import COW, COW_COUNTED
 from ..mm.vma import VM_WRITE
 from .vma_checks import check_vmas
 
@@ -150,7 +151,9 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
     mm = walk.mm
     pte = k.stores[PTE]
     for cid, base, sid, _inside in walk.ptes:
-        again = sid in counted  # a shared table's pages are mapped once, by the table
+        # A shared table's pages are mapped once, by the table -- or once per user where fork
+        # counted them for every user (COW_COUNTED).
+        again = sid in counted and k.shared.mode[sid] != COW_COUNTED
         if sid:
             counted.add(sid)
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
@@ -177,7 +180,7 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
         f = pfn[idx]
         if ((f == ZERO_PFN) & write[idx]).any():
             raise InternalError("writable zero page", process=name, table=hex(base))
-        if sid and k.shared.mode[sid] != COW and (f != 0).any():
+        if sid and k.shared.mode[sid] < COW and (f != 0).any():
             raise InternalError("explicit frame in a shared table that is not copy-on-write", process=name,
                                 table=hex(base), sid=sid)
         for v in np.unique(which).tolist():
@@ -259,7 +262,7 @@ def _check_shareable(k: Kernel, name: str, walk: _Walk, keys: dict[int, tuple]) 
                                 addr=hex(base), vma=vma)
         registered = k.share_where.get(sid)
         if registered is None:
-            if not (k.shared.mode[sid] == COW and lvl == PTE and vma.is_cow_mapping):
+            if not (k.shared.mode[sid] >= COW and lvl == PTE and vma.is_cow_mapping):
                 raise InternalError("shared table neither registered under a key nor copy-on-write", process=name,
                                     level=lvl, sid=sid, addr=hex(base), vma=vma)
             continue
