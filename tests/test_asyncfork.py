@@ -130,3 +130,18 @@ def test_a_parent_that_exits_before_the_child_runs_copies_everything_itself():
     s.touch("c", a, 8 * MiB)
     assert s.k.offpath["pt_copied_background"] == 0
     assert s.process("c")["minflt"] == 0  # the child maps everything: its copy is complete
+
+
+def test_a_span_two_vmas_share_is_copied_once_and_not_charged_to_the_fork():
+    s = System("async-fork", aslr_bits=0, check=True)
+    s.spawn("p")
+    a = s.mmap("p", MiB, addr=BASE, fixed=True)
+    b = s.mmap("p", 2 * MiB, prot="rwx", addr=BASE + MiB, fixed=True)  # two VMAs share the first span
+    s.touch("p", a, MiB, write=True)
+    s.touch("p", b, 2 * MiB, write=True)
+    before = s.events()
+    s.fork("p", "c")
+    assert s.events()["pt_copied_sync"] == before["pt_copied_sync"]
+    s.touch("c", a, PAGE)
+    assert s.k.offpath["pt_copied_background"] == 3  # each VMA's part of the first span, and the second span
+    assert s.k.offpath["pte_tables_copied"] == 2 and s.k.offpath["ptes_copied"] == 768

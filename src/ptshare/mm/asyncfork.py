@@ -87,7 +87,7 @@ def copy_pud_range_async(k: Kernel, dst: VMA, src: VMA, src_pud: Table,
         pending.rest += delta
         return
     a, e, n = np.concatenate(addrs), np.concatenate(entries), np.concatenate(ptes)
-    t = (~np.isin(a, pending.addrs)).astype(np.int64)  # a span an earlier VMA shared has its table
+    t = (~np.isin(a, pending.addrs)).astype(np.int64)  # a span an earlier VMA shares has its table
     pending.addrs = np.concatenate([pending.addrs, a])
     pending.entries = np.concatenate([pending.entries, e])
     pending.ptes = np.concatenate([pending.ptes, n])
@@ -98,7 +98,7 @@ def copy_pud_range_async(k: Kernel, dst: VMA, src: VMA, src_pud: Table,
     rest[_ALLOC] -= int(t.sum())
     if (rest < 0).any() or rest[_PTES] or rest[_TABLES]:
         raise InternalError("async-fork: the copy's events do not add up to its spans'", vma=src,
-                            events={n: int(v) for n, v in zip(NAMES, delta, strict=True) if v},
+                            events={name: int(v) for name, v in zip(NAMES, delta, strict=True) if v},
                             ptes=int(n.sum()), tables=int(t.sum()))
     pending.rest += rest
 
