@@ -37,11 +37,54 @@ def text(outcome: Outcome) -> str:
 
 
 def test_every_experiment_has_a_figure_a_table_and_sentences(outcomes):
-    assert list(outcomes) == ["fork-vs-segment", "lazy-tradeoff", "fork-exec", "database", "aslr", "worst-cases"]
+    assert list(outcomes) == ["fork-vs-segment", "lazy-tradeoff", "fork-exec", "fork-private", "redis-snapshot",
+                              "database", "aslr", "worst-cases"]
     for o in outcomes.values():
         assert o.figure.panels and all(p.series for p in o.figure.panels)
         assert o.table.rows and all(len(r) == len(o.table.headers) for r in o.table.rows)
         assert 2 <= len(o.sentences) <= 4 and all(s.endswith(".") for s in o.sentences)
+
+
+def test_fork_private_claims(outcomes):
+    o = outcomes["fork-private"]
+    fork = {p: series(o, 0, label(p)).y for p in o.params["policies"]}
+    tables = {p: series(o, 1, label(p)).y for p in o.params["policies"]}
+    later = {p: series(o, 2, label(p)).y for p in o.params["policies"]}
+    assert all(b > a for a, b in itertools.pairwise(fork["linux"])), "Linux's fork grows with the heap"
+    for p in ("odf", "async-fork"):
+        assert max(fork[p]) / min(fork[p]) < 1.2 and fork[p][-1] < fork["linux"][-1] / 10, f"{p}'s fork is flat"
+    assert fork["odf"][-1] < fork["cow-pt"][-1] < fork["linux"][-1]  # cow-pt counts the pages at fork
+    assert tables["odf"] == tables["cow-pt"] and len(set(tables["odf"])) == 1  # no PTE table at any size
+    assert tables["async-fork"] == tables["linux"]  # copied, in the background
+    assert later["async-fork"] == pytest.approx(later["linux"])
+    assert later["odf"][-1] > later["cow-pt"][-1] > later["linux"][-1]
+    speedup = fork["linux"][-1] / fork["odf"][-1]
+    assert f"{sig(speedup)} times faster (the paper: 65 times at 1 GB; here {sig(speedup)} times at 128 MiB)" \
+        in o.sentences[0]
+    vmpte = o.facts["cow-pt_child_vmpte_kb"]
+    assert vmpte == o.facts["linux_child_vmpte_kb"]
+    assert f"{vmpte:,} kB (the v4 cover letter shows 44 kB" in o.sentences[1]
+    assert f"adds {tables['odf'][-1]:,} kB of page tables instead of {tables['linux'][-1]:,} kB" in o.sentences[0]
+    extra = later["odf"][-1] - later["linux"][-1]
+    assert f"on-demand fork {sig(extra)} ms more than Linux" in o.sentences[3]
+
+
+def test_redis_snapshot_claims(outcomes):
+    o = outcomes["redis-snapshot"]
+    f = o.facts
+    heaps = o.params["heaps_gib"]
+    assert f["linux_tables"] == 0 and f["linux_extra_ms"] == 0 and f["linux_cut_pct"] == 0
+    assert f["async-fork_fork_ms"] < f["odf_fork_ms"] < f["cow-pt_fork_ms"] < f["linux_fork_ms"]
+    linux = series(o, 0, label("linux")).y
+    assert all(b > a for a, b in itertools.pairwise(linux)), "Linux's fork grows with the heap"
+    # A span's table is copied by the first write that finds it shared (odf) or not yet copied (async-fork).
+    assert 0 < f["async-fork_tables"] <= f["odf_tables"] <= heaps[-1] * 512
+    cut = series(o, 1, label("async-fork")).y
+    assert cut[-1] == pytest.approx(f["async-fork_cut_pct"]) and min(cut) > 90
+    assert f"stalls {sig(f['linux_fork_ms'])} ms in Linux's fork" in o.sentences[0]
+    assert f"{sig(f['async-fork_cut_at_pct'])}% under async-fork" in o.sentences[2]
+    if f["async-fork_share_pct"] > 1:
+        assert f"one table copy ({sig(f['odf_per_table_us'])} µs" in o.sentences[3]
 
 
 def test_fork_vs_segment_claims(outcomes):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ptshare import System
-from ptshare.mm.translate import read_stamps
+from ptshare.mm.translate import read_stamps, translate
 from ptshare.oracle.invariants import check_empty
 
 MiB = 1 << 20
@@ -81,3 +81,35 @@ def test_only_anonymous_memory_whose_span_one_vma_covers_is_shared():
     s.fork("p", "c")
     assert s.system()["shared_tables"] == 1
     assert s.events()["pte_tables_copied"] == 1 + 4
+
+
+def test_cow_pt_counts_the_pages_at_fork_and_its_table_copy_takes_no_references():
+    """Lin's RFC (v3 on) shares the tables ODF shares, but runs copy_present_pte on every entry at
+    fork: the pages gain their mappings then, and the table copy later takes none."""
+    odf, a, _ = _forked("odf", 8 * MiB, check=True)
+    cow, _a, (_t, before) = _forked("cow-pt", 8 * MiB, check=True)
+    assert cow.events()["cow_pte_counted"] - before["cow_pte_counted"] == 2048
+    assert cow.events()["pt_cow_shared"] - before["pt_cow_shared"] == 4
+    pfns = translate_pfns(cow, "p", a, 8 * MiB)
+    assert (cow.k.frames.mapcount[pfns] == 2).all()  # counted for the child at fork
+    assert (odf.k.frames.mapcount[translate_pfns(odf, "p", a, 8 * MiB)] == 1).all()  # ODF: at the copy
+    before = cow.events()
+    cow.touch("c", a + 3 * PAGE, PAGE, write=True)
+    after = cow.events()
+    assert after["pt_copied"] - before["pt_copied"] == 1 and after["fault_wp_copy"] - before["fault_wp_copy"] == 1
+    assert after["cow_pte_counted"] == before["cow_pte_counted"]
+    assert after["cow_pte_duplicated"] - before["cow_pte_duplicated"] == 512  # entries copied as they are
+    assert after["ptes_copied"] == before["ptes_copied"]
+    mapped = cow.k.frames.mapcount[pfns]
+    assert mapped[3] == 1 and (np.delete(mapped, 3) == 2).all()  # only the page written lost its child mapping
+    cow.exit("c")  # the child's shares of the three tables it never copied go, with its mappings
+    assert (cow.k.frames.mapcount[pfns] == 1).all()
+    cow.touch("p", a, 8 * MiB, write=True)  # the parent, alone again, reuses every page
+    assert cow.events()["fault_wp_copy"] - after["fault_wp_copy"] == 0
+    cow.exit("p")
+    check_empty(cow)
+
+
+def translate_pfns(s, name, addr, length):
+    """The frames ``name`` maps at [addr, addr + length), one per page."""
+    return translate(s.k, s.task(name).mm, np.arange(addr, addr + length, PAGE, dtype=np.int64))

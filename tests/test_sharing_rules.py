@@ -4,6 +4,7 @@ fork and unshared by copying, and PUD tables shared by key (see tests/sharing_po
 import numpy as np
 import pytest
 
+from forked import BASE, forked
 from ptshare import System
 from ptshare.mm.translate import read_stamps, translate
 from ptshare.oracle.invariants import check_empty
@@ -12,7 +13,6 @@ from sharing_policies import CowTables, SharedPTCopy, SharedPUD
 MiB = 1 << 20
 GiB = 1 << 30
 PAGE = 4096
-BASE = 0x600000000000  # 512 GiB-aligned
 
 
 def _pages(s, name, addr, length):
@@ -21,12 +21,7 @@ def _pages(s, name, addr, length):
 
 
 def _forked(policy, size=16 * MiB):
-    s = System(policy, aslr_bits=0, check=True)
-    s.spawn("p")
-    a = s.mmap("p", size, addr=BASE, fixed=True)
-    s.touch("p", a, write=True)
-    s.fork("p", "c")
-    return s, a
+    return forked(policy, size)
 
 
 def test_fork_shares_the_pte_tables_of_private_memory_and_leaves_page_counts_alone():

@@ -21,6 +21,7 @@ import numpy as np
 
 from .arch import PAGE_SIZE, TABLE_BYTES, geometry
 from .errors import MmError, PtshareError
+from .mm import asyncfork as _asyncfork
 from .mm import fork as _fork
 from .mm import mmap as _mmap
 from .mm import mprotect as _mprotect
@@ -104,6 +105,8 @@ class System:
     # --- lookup ----------------------------------------------------------------------------------
 
     def task(self, name: str) -> Task:
+        """The live process ``name``.  Every operation finds its process here, so this is where a
+        child whose page tables async-fork is still copying waits for the copy to finish."""
         task = self._tasks.get(name)
         if task is None:
             known = ", ".join(sorted(self._tasks)) or "none yet"
@@ -111,6 +114,7 @@ class System:
         if not task.alive:
             why = f" (killed by {task.killed_by})" if task.killed_by else ""
             raise SimulationError(f"process {name!r} has exited{why}; it can do nothing more")
+        _asyncfork.wait_copy(self.k, task)
         return task
 
     def object(self, name: str) -> AddressSpace:
@@ -131,6 +135,7 @@ class System:
     def _after(self) -> None:
         if self.translation is not None:
             self.translation.flush(self.k.flush_mm_pending, self.k.flush_all_pending)
+        _asyncfork.settle(self.k)
         self.k.tlb_finish()
         if self.check:
             from .oracle.invariants import check
@@ -247,6 +252,7 @@ class System:
     def munmap(self, name: str, addr: int, length: int | str) -> None:
         task = self.task(name)
         self._run(task, lambda: _mmap.do_munmap(self.k, task.mm, addr, _size(length, "length")))
+        _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
     def mprotect(self, name: str, addr: int, length: int | str, prot: str) -> None:
@@ -256,11 +262,13 @@ class System:
         except ValueError as exc:
             raise SimulationError(str(exc)) from None
         self._run(task, lambda: _mprotect.do_mprotect(self.k, task.mm, addr, _size(length, "length"), flags))
+        _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
     def madvise_dontneed(self, name: str, addr: int, length: int | str) -> None:
         task = self.task(name)
         self._run(task, lambda: _mprotect.do_madvise_dontneed(self.k, task.mm, addr, _size(length, "length")))
+        _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
     def madvise_thp(self, name: str, addr: int, length: int | str, advice: str) -> None:
@@ -277,6 +285,7 @@ class System:
         task = self.task(name)
         new = self._run(task, lambda: _mremap.do_mremap(self.k, task.mm, addr, _size(old_size, "size"),
                                                           _size(new_size, "size"), new_addr))
+        _asyncfork.range_changed(self.k, task.mm, addr, _size(old_size, "size"))
         self._after()
         return new
 
@@ -419,6 +428,8 @@ class System:
             "pt_unshared": k.events["pt_unshared"],
             "pt_cow_shared": k.events["pt_cow_shared"],
             "pt_copied": k.events["pt_copied"],
+            "pt_copied_sync": k.events["pt_copied_sync"],
+            "pt_copied_background": k.events["pt_copied_background"],
             "ptes_copied": k.events["ptes_copied"],
             "faults": k.events["fault"],
             "cow_copies": k.events["fault_wp_copy"] + k.events["fault_cow"],

@@ -47,12 +47,17 @@ UNMEASURABLE: dict[str, str] = {
     "pt_unshared": "only the sharing policies (and hugetlb PMD sharing) unshare tables",
     "pt_cow_shared": "only on-demand fork shares tables copy-on-write; this kernel has none",
     "pt_copied": "only on-demand fork copies shared tables; this kernel has none",
+    "cow_pte_counted": "only cow-pt counts the pages of shared tables at fork; this kernel has none",
+    "cow_pte_duplicated": "only cow-pt copies tables whose pages fork counted; this kernel has none",
     "fault_spurious": "only after a shared table is attached",
 }
 NOT_CHARGED: dict[str, str] = {
     "fault": "every fault is also counted by its kind (fault_anon, fault_file...), which carries its cost",
     "page_zeroed": "comes with page_alloc (every allocation of an anonymous or shmem page clears it)",
     "vmas_skipped": "every VMA fork skips is also one of vmas_copied",
+    "pt_copied_background": "the copy is counted in ptes_copied, pte_tables_copied and pgtable_alloc, which carry "
+                            "its cost",
+    "pt_copied_sync": "the copy is counted in ptes_copied, pte_tables_copied and pgtable_alloc, which carry its cost",
 }
 # Per op: counts of events per call that the simulator charges to the op and the host's
 # measurement of it does not contain.

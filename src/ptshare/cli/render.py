@@ -49,7 +49,13 @@ def run_table(result: RunResult) -> str:
                      format_ns(step.est_ns), format_ns(step.wall_ns)])
         prev_faults = faults
     wall = "sim wall" if result.backend == "sim" else f"{result.backend} wall"
-    out.append(table(["step", "op", "pid", "faults in step", "PageTables kB", "est. time", wall], rows, "rllrrrr"))
+    head, align = ["step", "op", "pid", "faults in step", "PageTables kB", "est. time", wall], "rllrrrr"
+    if any(step.est_ns_background for step in result.steps):  # a policy moved work off the caller's path
+        for row, step in zip(rows, result.steps, strict=True):
+            row.insert(6, format_ns(step.est_ns_background) if step.est_ns_background else "")
+        head.insert(6, "est. background")
+        align += "r"
+    out.append(table(head, rows, align))
     final = result.final
     if final is not None:
         out.append("")
@@ -97,12 +103,15 @@ COMPARE_ROWS = [
     ("page tables shared", lambda r: r.final.system["pt_shared"]),
     ("page tables shared copy-on-write at fork", lambda r: r.final.system["pt_cow_shared"]),
     ("shared page tables copied", lambda r: r.final.system["pt_copied"]),
+    ("tables a child copied off its parent's path", lambda r: r.final.system["pt_copied_background"]),
+    ("tables a parent copied before changing them", lambda r: r.final.system["pt_copied_sync"]),
     ("shared tables at the end", lambda r: r.final.system["shared_tables"]),
     ("unshares", lambda r: r.final.system["pt_unshared"]),
     ("TLB flushes on all CPUs", lambda r: r.final.system["tlb_flush_all"]),
     ("estimated time", lambda r: format_ns(sum(s.est_ns for s in r.steps))),
     ("  of which in fork", lambda r: format_ns(sum(s.est_ns for s in r.steps if s.op == "fork"))),
     ("  of which in faults (touch)", lambda r: format_ns(sum(s.est_ns for s in r.steps if s.op == "touch"))),
+    ("estimated time off the caller's path", lambda r: format_ns(sum(s.est_ns_background for s in r.steps))),
     ("simulator wall time", lambda r: format_ns(r.wall_ns)),
 ]
 
@@ -155,6 +164,9 @@ def compare_json(results: list[RunResult]) -> dict:
                 "tlb_flush_all": r.final.system["tlb_flush_all"],
                 "est_ns": round(sum(s.est_ns for s in r.steps)),
                 "est_fork_ns": round(sum(s.est_ns for s in r.steps if s.op == "fork")),
+                "est_ns_background": round(sum(s.est_ns_background for s in r.steps)),
+                "pt_copied_sync": r.final.system["pt_copied_sync"],
+                "pt_copied_background": r.final.system["pt_copied_background"],
                 "wall_ns": r.wall_ns,
                 **({"translation": t} if (t := translation_total(r)) is not None else {}),
             }

@@ -274,6 +274,12 @@ def need_positive(params: dict[str, Any], *keys: str) -> None:
             raise UsageError(f"{key} must be more than 0 (got {value!r})")
 
 
+def need_linux(params: dict[str, Any], experiment: str) -> None:
+    """``experiment`` sets its policies beside Linux's: ``linux`` must be among them."""
+    if "linux" not in params["policies"]:
+        raise UsageError(f"{experiment} needs the linux policy among its policies (the others are set beside it)")
+
+
 def need_policies(params: dict[str, Any], *keys: str) -> None:
     for key in keys:
         for name in params[key]:

@@ -61,6 +61,15 @@ EVENTS: dict[str, str] = {
     "pt_copied": "shared page tables one of their users copied instead of dropping (a copy-on-write table's first "
                  "change): the share count dropped and the copy installed; the copy itself is in pte_tables_copied "
                  "and ptes_copied",
+    "cow_pte_counted": "PTEs of tables fork shared copy-on-write whose pages it counted for the child at once (cow-pt: "
+                       "copy_present_pte run on the shared table; the page gains a mapping, the entry is "
+                       "write-protected)",
+    "cow_pte_duplicated": "PTEs copied as they are from a table whose pages fork counted for every user (cow-pt's "
+                          "table copy: no page reference taken then)",
+    "pt_copied_background": "PTE tables an async-fork child copied from its parent off the parent's path (the copy "
+                            "itself is in pte_tables_copied and ptes_copied)",
+    "pt_copied_sync": "PTE tables an async-fork parent copied to its child itself, on its own path, before changing "
+                      "them (proactive synchronisation; the copy itself is in pte_tables_copied and ptes_copied)",
     "tlb_flush_all": "TLB flushes on all CPUs (an operation that unshared shared tables; batched)",
     "tlb_flush_mm": "TLB flushes of one mm's CPUs (an operation that changed its entries; batched)",
     "ptes_changed": "PTEs write-protected or made writable by mprotect",

@@ -30,7 +30,7 @@ from ..arch import (
     mk_table,
     range_bits,
 )
-from . import ptshare
+from . import asyncfork, ptshare
 from .frames import PG_EXCLUSIVE, ZERO_PFN
 from .huge_memory import copy_huge_pmds, pmd_trans_huge
 from .mm_struct import Task
@@ -87,7 +87,10 @@ def copy_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
             attach_table(k, dst.mm, src_pud)
             continue
         dir_of(k, dst.mm, PMD, src_pud.start)  # pud_alloc(): wherever the parent has a PUD table
-        copy_pud_range(k, dst, src, src_pud)
+        if k.policy.copy_lower_levels_async(src):
+            asyncfork.copy_pud_range_async(k, dst, src, src_pud, copy_pud_range)
+        else:
+            copy_pud_range(k, dst, src, src_pud)
 
 
 def copy_pud_range(k: Kernel, dst: VMA, src: VMA, src_pud: Table) -> None:

@@ -35,6 +35,8 @@ class Kernel:
         self.rng = np.random.default_rng(seed)
         self.frames = FrameTable(memory)
         self.events = Events()
+        self.offpath = Events()  # of ``events``, the work done off the caller's path (mm/asyncfork.py)
+        self.background: list = []  # page-table copies fork left to the child (mm/asyncfork.py)
         self.shared = SharedTables()
         pte = PteStore()
         self.stores: list = [pte]

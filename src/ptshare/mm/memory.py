@@ -438,7 +438,7 @@ def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, 
         work &= _explicit_misses(k, spans, accs, rows, cid)
     if len(attached):
         faults += _spurious(k, win, spans, accs, rows[attached], cid[attached])
-    cow = work & (k.shared.mode[sid] == COW) & (k.shared.users[sid] > 1)
+    cow = work & (k.shared.mode[sid] >= COW) & (k.shared.users[sid] > 1)  # COW or COW_COUNTED
     if cow.any():  # a change to a copy-on-write table others use: copy it first
         sid[cow], cid[cow] = 0, win.unshare(spans, rows[cow])
     work_pos = np.flatnonzero(work)

@@ -391,7 +391,7 @@ class DirStore(_Store):
         return new
 
 
-DROP, COPY, COW = 0, 1, 2  # how a user lets go of a shared table (SharedTables.mode)
+DROP, COPY, COW, COW_COUNTED = 0, 1, 2, 3  # how a user lets go of a shared table (SharedTables.mode)
 
 
 class SharedTables:
@@ -412,7 +412,9 @@ class SharedTables:
     includes.  ``mode[id]`` is how a user lets go of it: :data:`DROP` (the user clears its entry and
     refaults into a table of its own), :data:`COPY` (the user gets a private copy of its contents)
     or :data:`COW` (a copy-on-write table: copied as with COPY, and before any change a user makes to
-    it, faults included, while others use it).
+    it, faults included, while others use it) or :data:`COW_COUNTED` (as COW, but its pages were
+    counted for every user when it was shared: a copy takes no page references, and a user that lets
+    go without copying drops its own).
     """
 
     def __init__(self) -> None:
@@ -483,4 +485,4 @@ class SharedTables:
         return new
 
 
-__all__ = ["COPY", "COW", "DROP", "DirStore", "PteStore", "SharedTables"]
+__all__ = ["COPY", "COW", "COW_COUNTED", "DROP", "DirStore", "PteStore", "SharedTables"]

@@ -22,7 +22,7 @@ from ..arch import mk_shared
 from ..errors import InternalError
 from .frames import PG_EXCLUSIVE, ZERO_PFN
 from .pagewalk import PMD, PTE, account_alloc, account_free, account_mm
-from .pgtable import COPY, COW, DROP
+from .pgtable import COPY, COW, COW_COUNTED, DROP
 
 if TYPE_CHECKING:
     from ..policies.base import ShareKey
@@ -148,11 +148,37 @@ def cow_share(k: Kernel, parent: MM, child: MM, cids: np.ndarray) -> np.ndarray:
     """Fork shares the parent's PTE tables ``cids`` with the child copy-on-write instead of copying
     them: each becomes a shared table (unshared by copying) with the parent and the child as users.
     The parent's storage references move to the shared tables; the caller installs the entries of
-    both.  The pages mapped keep their counts: they are raised when a table is copied
-    (:func:`copy_shared`)."""
-    sids = k.shared.new(PTE, cids, parent.id, COW)
+    both.  The pages mapped keep their counts, raised when a table is copied (:func:`copy_shared`)
+    -- unless the policy counts them at fork (:attr:`Policy.cow_pte_count_at_fork`): then each
+    entry is handled as ``copy_present_pte`` handles it, in the shared table itself (Lin's
+    ``copy_cow_pte_range``): the page gains a mapping for the child and the entry is
+    write-protected."""
+    counted = k.policy.cow_pte_count_at_fork
+    if counted:
+        cids = cids.copy()
+        for n, cid in enumerate(cids.tolist()):
+            cids[n] = _count_for_user(k, cid)
+    sids = k.shared.new(PTE, cids, parent.id, COW_COUNTED if counted else COW)
     attach(k, child, PTE, sids, "pt_cow_shared")
     return sids
+
+
+def _count_for_user(k: Kernel, cid: int) -> int:
+    """One more user maps the pages of PTE contents ``cid``: each anonymous page gains a mapping
+    and stops being exclusive, and every entry mapping an explicit frame is write-protected, so
+    that the next write copies the page (copy_present_pte() of a copy-on-write mapping).  Returns
+    the contents id the table holds now."""
+    pte = k.stores[PTE]
+    present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
+    cow = write & (pfn != 0)
+    if cow.any():
+        cid = int(pte.cow(np.array([cid]))[0])
+        pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
+    anon = pfn[present & (pfn > ZERO_PFN)]
+    k.frames.mapcount[anon] += 1
+    k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+    k.events.add("cow_pte_counted", int(present.sum()))
+    return cid
 
 
 # --- letting go ------------------------------------------------------------------------------
@@ -177,6 +203,12 @@ def release(k: Kernel, mm: MM, lvl: int, sid: int) -> None:
     k.shared.users[sid] -= 1
     account_mm(mm, lvl, -1)
     _let_go(k, mm, lvl, sid)
+    if k.shared.mode[sid] == COW_COUNTED:  # the mappings fork counted for this user go with it
+        present, _write, pfn = (a[0] for a in k.stores[PTE].load(np.array([k.shared.content[sid]])))
+        anon = pfn[present & (pfn > ZERO_PFN)]
+        k.frames.mapcount[anon] -= 1
+        k.events.add("ptes_zapped", int(present.sum()))
+        k.events.add("ptes_zapped_rmap", len(anon))
     k.events.add("pt_unshared")
     k.flush_all_pending = True
 
@@ -189,8 +221,9 @@ def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     change instead of at fork): the copy maps the same pages, so each anonymous page gains a
     mapping and is no longer exclusive, and every entry mapping one (an anonymous page or a private
     copy: only those are copy-on-write) is write-protected, in the copy and in the shared table, so
-    that the next write through either copies the page.  Returns the copy's contents id, holding
-    one storage reference.
+    that the next write through either copies the page -- or, where fork counted the pages for every
+    user (``COW_COUNTED``), with no page reference taken now.  Returns the copy's contents id,
+    holding one storage reference.
     """
     if lvl != PTE:
         raise InternalError("a shared table above the PTE level set to be unshared by copying", sid=sid, level=lvl)
@@ -203,12 +236,15 @@ def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     if cow.any():
         cid = k.shared.cow_content(sid)
         pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
-    anon = pfn[present & (pfn > ZERO_PFN)]
-    k.frames.mapcount[anon] += 1
-    k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+    if k.shared.mode[sid] != COW_COUNTED:  # else fork counted the copy's mappings already
+        anon = pfn[present & (pfn > ZERO_PFN)]
+        k.frames.mapcount[anon] += 1
+        k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
     pte.get(cid)  # the copy holds what the shared table holds: storage is shared until one changes
     k.events.add("pt_copied")
-    k.events.add("ptes_copied", int(present.sum()))
+    # The entries of a table whose pages fork counted are copied as they are (Lin's break of a COW
+    # PTE: set_pte_at() per entry, no page reference taken).
+    k.events.add("cow_pte_duplicated" if k.shared.mode[sid] == COW_COUNTED else "ptes_copied", int(present.sum()))
     k.events.add("pte_tables_copied")
     k.frames.alloc_pgtables(1)
     k.events.add("pgtable_alloc")

@@ -17,12 +17,16 @@ Checked:
 * a table shared by key sits only where a VMA covers its whole span, and every user's span has the
   same key by the policy's own hook (:meth:`Policy.share_key`), the key it is registered under; a
   table shared copy-on-write sits only in copy-on-write mappings; only copy-on-write tables hold
-  explicit frames, and their pages are counted once per table, not per user;
+  explicit frames, and their pages are counted once per table, not per user -- except a table whose
+  pages fork counted for every user (cow-pt), counted per user;
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
 * the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
 * the VMA invariants of :mod:`.vma_checks` (order, anon_vma chains, anonymous pages only in VMAs
-  with an anon_vma).
+  with an anon_vma);
+* a copy async-fork left to a child (:mod:`ptshare.mm.asyncfork`) is between two live mms, and
+  each span still to copy lies in a VMA of the parent, holds the parent's PMD entry as fork left it
+  (a span the parent changed was charged as its copy) and has a PTE table in the child.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from ..errors import InternalError
 from ..mm.frames import HUGE_UNITS, PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.huge_memory import folio_pages, pmd_trans_huge
 from ..mm.pagewalk import PMD, PTE, PUD
-from ..mm.pgtable import COW
+from ..mm.pgtable import COW, COW_COUNTED
 from ..mm.vma import VM_WRITE
 from .vma_checks import check_vmas
 
@@ -132,6 +136,7 @@ def check(system: System) -> None:
     _check_shared(k, walks)
     _check_storage(k)
     _check_pagetables(k, walks)
+    _check_background(k)
 
 
 def _vma_at(mm: MM, addrs: np.ndarray) -> np.ndarray:
@@ -146,7 +151,9 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
     mm = walk.mm
     pte = k.stores[PTE]
     for cid, base, sid, _inside in walk.ptes:
-        again = sid in counted  # a shared table's pages are mapped once, by the table
+        # A shared table's pages are mapped once, by the table -- or once per user where fork
+        # counted them for every user (COW_COUNTED).
+        again = sid in counted and k.shared.mode[sid] != COW_COUNTED
         if sid:
             counted.add(sid)
         present, write, pfn = (a[0] for a in pte.load(np.array([cid])))
@@ -173,7 +180,7 @@ def _check_entries(k: Kernel, name: str, walk: _Walk, mapcount: Counter, counted
         f = pfn[idx]
         if ((f == ZERO_PFN) & write[idx]).any():
             raise InternalError("writable zero page", process=name, table=hex(base))
-        if sid and k.shared.mode[sid] != COW and (f != 0).any():
+        if sid and k.shared.mode[sid] < COW and (f != 0).any():
             raise InternalError("explicit frame in a shared table that is not copy-on-write", process=name,
                                 table=hex(base), sid=sid)
         for v in np.unique(which).tolist():
@@ -255,7 +262,7 @@ def _check_shareable(k: Kernel, name: str, walk: _Walk, keys: dict[int, tuple]) 
                                 addr=hex(base), vma=vma)
         registered = k.share_where.get(sid)
         if registered is None:
-            if not (k.shared.mode[sid] == COW and lvl == PTE and vma.is_cow_mapping):
+            if not (k.shared.mode[sid] >= COW and lvl == PTE and vma.is_cow_mapping):
                 raise InternalError("shared table neither registered under a key nor copy-on-write", process=name,
                                     level=lvl, sid=sid, addr=hex(base), vma=vma)
             continue
@@ -402,3 +409,30 @@ def check_empty(system: System) -> None:
     left = {key: v for key, v in left.items() if v}
     if left:
         raise InternalError("something was left after every process exited", **left)
+
+
+def _check_background(k: Kernel) -> None:
+    from ..mm.asyncfork import changed_spans, pmd_entries
+
+    for pending in k.background:
+        if pending.parent.dead or pending.child.dead:
+            raise InternalError("async-fork copy pending for an mm that is gone", parent=pending.parent.id,
+                                child=pending.child.id)
+        if (pending.ptes < 0).any() or (pending.rest < 0).any():
+            raise InternalError("async-fork copy pending with negative work", parent=pending.parent.id)
+        changed = changed_spans(k, pending)
+        if changed.any():
+            raise InternalError("async-fork: a span the parent changed is still pending",
+                                spans=[hex(a) for a in pending.addrs[changed][:4].tolist()])
+        ends = np.array([v.vm_end for v in pending.parent.vmas], dtype=np.int64)
+        starts = np.array([v.vm_start for v in pending.parent.vmas], dtype=np.int64)
+        first = np.minimum(np.searchsorted(ends, pending.addrs, side="right"), max(len(ends) - 1, 0))
+        outside = (ends[first] <= pending.addrs) | (starts[first] >= pending.addrs + k.geom.pmd_size) \
+            if len(ends) else np.ones(len(pending.addrs), bool)
+        if outside.any():
+            raise InternalError("async-fork: a pending span outside the parent's VMAs",
+                                spans=[hex(a) for a in pending.addrs[outside][:4].tolist()])
+        missing = entry_tag(pmd_entries(k, pending.child, pending.addrs)) != E_TABLE
+        if missing.any():
+            raise InternalError("async-fork: the child has no PTE table for a span it is to copy",
+                                spans=[hex(a) for a in pending.addrs[missing][:4].tolist()], child=pending.child.id)

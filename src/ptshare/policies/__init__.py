@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..errors import UsageError
+from .asyncfork import AsyncFork
 from .base import Policy
 from .classic import Eager, Lazy, Linux, LinuxNoPmdShare
-from .odf import OnDemandFork
+from .odf import CowPT, OnDemandFork
 from .sharedpt import SharedPT, SharedPT2005
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Eager, Lazy, Linux, SharedPT, SharedPT2005, LinuxNoPmdShare, OnDemandFork)}
+    cls.name: cls for cls in (Eager, Lazy, Linux, SharedPT, SharedPT2005, LinuxNoPmdShare, OnDemandFork,
+                              CowPT, AsyncFork)}
 
 
 def get_policy(name: str) -> Policy:

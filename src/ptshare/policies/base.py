@@ -38,6 +38,14 @@ A subclass may override exactly these hooks:
     instead: parent and child use the same table until one of them changes the span -- a fault
     included -- which then copies it first.  Only private (copy-on-write) mappings may; the pages'
     reference counts are raised when a table is copied, not at fork.
+``cow_pte_count_at_fork``
+    With ``cow_pte_tables``: whether fork counts the pages of a table it shares copy-on-write for
+    the child at once (Lin's RFC, v3 on), rather than when a user copies the table (ODF).
+``copy_lower_levels_async(vma)``
+    Whether fork, where it copies the page tables of ``vma``, leaves the PMD and PTE levels to the
+    child to copy off the parent's path, the parent copying a range itself first where it changes
+    one the child has not copied yet (async-fork; see :mod:`ptshare.mm.asyncfork`).  Only the cost
+    moves: the tables are Linux's.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class Policy:
     fault_around_pages = 16
     hugetlb_pmd_share = True
     unshare_mode = "drop"
+    cow_pte_count_at_fork = False
 
     def vma_needs_copy(self, vma: VMA) -> bool:
         """Models vma_needs_copy() (mm/memory.c, 6.x): copy only what a fault cannot rebuild.
@@ -110,6 +119,9 @@ class Policy:
         return None
 
     def cow_pte_tables(self, vma: VMA) -> bool:
+        return False
+
+    def copy_lower_levels_async(self, vma: VMA) -> bool:
         return False
 
     def share_key(self, level: int, vma: VMA) -> ShareKey | None:

@@ -29,3 +29,20 @@ class OnDemandFork(Policy):
 
     def cow_pte_tables(self, vma: VMA) -> bool:
         return vma.obj is None and vma.is_cow_mapping
+
+
+class CowPT(OnDemandFork):
+    """Chih-En Lin's "Introduce Copy-On-Write to Page Table" (v4, February 2023), which builds on
+    ODF: the same tables are shared, but fork runs ``copy_present_pte`` on every entry of a table it
+    shares (``copy_cow_pte_range``): each page gains its mapping for the child and each entry is
+    write-protected at fork, so a later copy of the table takes no page references."""
+
+    name = "cow-pt"
+    label = "COW page tables (RFC v4, 2023)"
+    words = "copy-on-write page tables"
+    color = "#bcbd22"
+    marker = "h"
+    kernel = "Copy-On-Write to Page Table RFC v4 (Chih-En Lin, 2023) on Linux 6.18"
+    summary = ("as odf, but fork counts the pages of every table it shares for the child at once "
+               "(the page references ODF defers to the table copy)")
+    cow_pte_count_at_fork = True

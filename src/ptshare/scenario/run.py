@@ -30,6 +30,8 @@ class StepResult:
     wall_ns: int
     signals: list[dict] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    est_ns_background: float = 0.0
+    events_background: dict[str, int] = field(default_factory=dict)
     translation: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -45,6 +47,9 @@ class StepResult:
             "line": self.line,
             "events": self.events,
         }
+        if self.est_ns_background:
+            out["est_ns_background"] = round(self.est_ns_background)
+            out["events_background"] = self.events_background
         if self.signals:
             out["signals"] = self.signals
         if self.translation is not None:
@@ -173,6 +178,7 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     started = time.perf_counter_ns()
     for step in scenario.steps:
         before = system.k.events.snapshot()
+        offpath = system.k.offpath.snapshot()
         t0 = time.perf_counter_ns()
         signals = []
         for fields in step.expand():
@@ -191,12 +197,14 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
                 progress(done, total)
         wall = time.perf_counter_ns() - t0
         delta = system.k.events.snapshot() - before
+        background = system.k.offpath.snapshot() - offpath  # work done off the caller's path
         figures = system.translation.take_step().to_json() if system.translation is not None else None
         results.append(StepResult(
             index=step.index, op=step.op, pid=step.fields.get("pid"), repeat=step.repeat, line=step.line,
-            processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta), wall_ns=wall,
-            signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v},
-            translation=figures))
+            processes=system.processes(), system=system.system(), est_ns=cost.estimate(delta - background),
+            wall_ns=wall, signals=signals, events={k: v for k, v in system.k.events.as_dict(before).items() if v},
+            translation=figures, est_ns_background=cost.estimate(background),
+            events_background={k: v for k, v in system.k.offpath.as_dict(offpath).items() if v}))
         if observe is not None:
             observe(system, results[-1])
     return _result(scenario, system, results, cost, started)

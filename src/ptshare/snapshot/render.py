@@ -34,11 +34,16 @@ def _policy_table(doc: dict) -> str:
                      int(statistics.median(warm)) if warm else 0])
     head = ["policy", "PageTables kB", "saved kB", "VmPTE sum kB", "shared kB", "fork: PTEs copied",
             "fork: est. time", "warm-up faults"]
+    background = [system["policies"][name].get("fork_est_ns_background_total", 0) for name in doc["policies"]]
+    if any(background):  # a policy moved fork's work off the caller's path (async-fork)
+        for row, ns in zip(rows, background, strict=True):
+            row.insert(7, format_ns(ns))
+        head.insert(7, "fork: background")
     profile = doc["cost_profile"]
     return ("Page tables of the snapshot's processes (PageTables includes their PGDs); fork and warm-up are\n"
             "per process, summed (fork) or the median (warm-up: faults of a new process reading the same\n"
             f"page-cache pages); times from the cost profile {profile['name']!r}, measured on {profile['machine']}\n"
-            + table(head, rows, "lrrrrrrr"))
+            + table(head, rows, "l" + "r" * (len(head) - 1)))
 
 
 def _summary(doc: dict) -> list[str]:
