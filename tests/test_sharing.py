@@ -229,3 +229,46 @@ def test_aslr_defeats_mccracken_sharing_but_fixed_addresses_share():
     assert share_rate(28, fixed=False) == 0
     assert share_rate(0, fixed=False) == 1
     assert share_rate(28, fixed=True) == 1
+
+
+def _attachers(policy: str) -> System:
+    """Unrelated processes attach 2 GiB + 4 MiB of shmem at one address: the first writes most of
+    it, the others read it whole, in part, or past what the first wrote."""
+    s = System(policy, aslr_bits=0, check=True)
+    s.create_object("seg", "shmem", 2 * GiB + 4 * MiB)
+    for name in ("w", "r1", "r2", "r3"):
+        s.spawn(name)
+        s.mmap(name, object="seg", shared=True, addr=BASE, fixed=True)
+    s.touch("w", BASE, GiB + 2 * MiB, write=True)
+    s.touch("r1", BASE)  # window 0 offered whole with every page; window 1 not
+    s.touch("r2", BASE + 4096, GiB)  # window 0 not read from its start
+    s.touch("w", BASE + GiB, GiB + 4 * MiB, write=True)
+    s.touch("r3", BASE)  # now both windows are offered whole
+    s.touch("r2", BASE)
+    return s
+
+
+@pytest.mark.parametrize("policy", ["shared-pt", "shared-pt-2005", "linux"])
+def test_attaching_whole_windows_at_once_reaches_what_attaching_each_table_does(monkeypatch, policy):
+    import numpy as np
+
+    from ptshare.mm import memory
+
+    whole = memory._attach_whole_windows
+    taken = []
+
+    def counted(*args):
+        done = whole(*args)
+        taken.append(int(done.sum()))
+        return done
+
+    monkeypatch.setattr(memory, "_attach_whole_windows", counted)
+    fast = _attachers(policy)
+    monkeypatch.setattr(memory, "_attach_whole_windows",
+                        lambda k, task, vma, windows, bases, acc: np.zeros(len(bases), dtype=bool))
+    slow = _attachers(policy)
+    # shared-pt: r1's window 0 and r3's two; shared-pt-2005: the PMD tables r1 and r3 attach
+    assert sum(taken) == {"shared-pt": 3, "shared-pt-2005": 3, "linux": 0}[policy]
+    assert fast.processes() == slow.processes()
+    assert fast.system() == slow.system()
+    assert fast.k.events.as_dict() == slow.k.events.as_dict()
