@@ -406,10 +406,10 @@ class _Windows:
         k = self.k
         pmd = k.stores[PMD]
         pud = k.stores[PUD]
-        for r in np.flatnonzero(self.fresh).tolist():
-            cid = pmd.adopt(self.buffer[self.slot_of[r]])
-            self.cid[r] = cid
-            pud.entries[self.pud_cid, self.idx[r]] = mk_table(cid)
+        fresh = np.flatnonzero(self.fresh)
+        if len(fresh):
+            self.cid[fresh] = pmd.adopt_many(self.buffer[self.slot_of[fresh]])
+            pud.entries[self.pud_cid, self.idx[fresh]] = mk_table(self.cid[fresh])
         for r in np.flatnonzero(self.private & ~self.fresh & (self.sid == 0)).tolist():
             cid = pmd.intern(int(self.cid[r]))
             if cid != self.cid[r]:
