@@ -153,15 +153,20 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
 
     A table shared across the split point can no longer be shared by this mm (neither half
     covers it whole), so it lets go of it first (McCracken; hugetlb_split()); a huge PMD across it
-    is split.
+    is split.  Where a half's share key changed, partners no longer find the tables through this
+    mm (:func:`ptshare.mm.unshare.withdraw_rekeyed`).
     """
+    from .unshare import withdraw_rekeyed
+
     unshare_around(k, mm, vma, addr)
     split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
+    old_keys = [k.policy.share_key(lvl, vma) for lvl in range(3)]
     new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
               vm_pgoff=vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), obj=vma.obj,
               anon_vma=vma.anon_vma, anon_vma_chain=vma.anon_vma_chain)  # anon_vma_clone()
     vma.vm_end = addr
     mm.insert_vma(new)
+    withdraw_rekeyed(k, mm, (vma, new), old_keys)
     return new
 
 
@@ -228,7 +233,12 @@ def vma_merge(k: Kernel, mm: MM, vma: VMA, *, check_src: bool = True, with_prev:
 
 def vma_merge_extend(k: Kernel, mm: MM, vma: VMA, delta: int) -> VMA:
     """Models vma_merge_extend(): ``vma`` grows by ``delta`` bytes in place, and the grown VMA
-    merges with the one it now touches if it can, as any new range would."""
+    merges with the one it now touches if it can, as any new range would.
+
+    The grown VMA is a changed mapping for the purpose of sharing tables, as a moved one is: it
+    lets go of the tables it shares (McCracken's mremap calls pt_unshare_range()), and takes those
+    it alone uses as its own, no longer offered under its old bounds."""
+    unshare_range(k, mm, vma.vm_start, vma.vm_end)
     vma.vm_end += delta
     return vma_merge(k, mm, vma, check_src=False, with_prev=False)
 
