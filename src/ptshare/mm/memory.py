@@ -15,7 +15,9 @@ Deliberate shortcuts for speed, both exact:
 * a run of whole tables (PMD tables, or PTE tables) that would see the same transition -- a read
   of anonymous memory, or of file pages all already in the page cache, starting from the same
   contents -- is computed once and the resulting contents shared, with the counters scaled;
-* a table whose entries all already allow the access is skipped without looking at its pages.
+* a table whose entries all already allow the access is skipped without looking at its pages;
+* a read of a whole 1 GiB window whose tables partners hold complete attaches them in one step per
+  window (:func:`_attach_whole_windows`), without building a row per PTE table.
 """
 
 from __future__ import annotations
