@@ -175,7 +175,8 @@ def test_an_operation_that_unshares_many_tables_flushes_every_cpu_once():
     assert s.system()["tlb_flush_all"] == flushes + 1
 
 
-@pytest.mark.parametrize("trigger", ["mprotect", "munmap", "madvise", "mremap", "split", "exit", "truncate"])
+@pytest.mark.parametrize("trigger", ["mprotect", "munmap", "madvise", "mremap", "mremap-grow", "split", "exit",
+                                     "truncate"])
 def test_every_unshare_trigger(trigger):
     s, a = _shmem_forks("shared-pt", 2, size=8 * MiB)
     unshared = s.system()["pt_unshared"]
@@ -188,6 +189,8 @@ def test_every_unshare_trigger(trigger):
         s.madvise_dontneed("c0", a, 2 * MiB)
     elif trigger == "mremap":
         s.mremap("c0", a, 8 * MiB, 8 * MiB, BASE + GiB)
+    elif trigger == "mremap-grow":  # in place: the grown VMA no longer matches its partners'
+        assert s.mremap("c0", a, 8 * MiB, 10 * MiB) == a
     elif trigger == "split":
         s.munmap("c0", a + 2 * MiB + 4096, 4096)  # a hole: two VMAs, the span between them is no longer whole
     elif trigger == "exit":
@@ -229,3 +232,76 @@ def test_aslr_defeats_mccracken_sharing_but_fixed_addresses_share():
     assert share_rate(28, fixed=False) == 0
     assert share_rate(0, fixed=False) == 1
     assert share_rate(28, fixed=True) == 1
+
+
+def _attachers(policy: str) -> System:
+    """Unrelated processes attach 2 GiB + 4 MiB of shmem at one address: the first writes most of
+    it, the others read it whole, in part, or past what the first wrote."""
+    s = System(policy, aslr_bits=0, check=True)
+    s.create_object("seg", "shmem", 2 * GiB + 4 * MiB)
+    for name in ("w", "r1", "r2", "r3"):
+        s.spawn(name)
+        s.mmap(name, object="seg", shared=True, addr=BASE, fixed=True)
+    s.touch("w", BASE, GiB + 2 * MiB, write=True)
+    s.touch("r1", BASE)  # window 0 offered whole with every page; window 1 not
+    s.touch("r2", BASE + 4096, GiB)  # window 0 not read from its start
+    s.touch("w", BASE + GiB, GiB + 4 * MiB, write=True)
+    s.touch("r3", BASE)  # now both windows are offered whole
+    s.touch("r2", BASE)
+    return s
+
+
+@pytest.mark.parametrize("policy", ["shared-pt", "shared-pt-2005", "linux"])
+def test_attaching_whole_windows_at_once_reaches_what_attaching_each_table_does(monkeypatch, policy):
+    import numpy as np
+
+    from ptshare.mm import memory
+
+    whole = memory._attach_whole_windows
+    taken = []
+
+    def counted(*args):
+        done = whole(*args)
+        taken.append(int(done.sum()))
+        return done
+
+    monkeypatch.setattr(memory, "_attach_whole_windows", counted)
+    fast = _attachers(policy)
+    monkeypatch.setattr(memory, "_attach_whole_windows",
+                        lambda k, task, vma, windows, bases, acc: np.zeros(len(bases), dtype=bool))
+    slow = _attachers(policy)
+    # shared-pt: r1's window 0 and r3's two; shared-pt-2005: the PMD tables r1 and r3 attach
+    assert sum(taken) == {"shared-pt": 3, "shared-pt-2005": 3, "linux": 0}[policy]
+    assert fast.processes() == slow.processes()
+    assert fast.system() == slow.system()
+    assert fast.k.events.as_dict() == slow.k.events.as_dict()
+
+
+def _split_then_attach(third: bool) -> System:
+    """``a`` writes 8 MiB of shmem at BASE and splits its VMA (mprotect of the last 2 MiB);
+    ``b`` then maps the same 8 MiB and reads it.  With ``third``, ``c`` has mapped and read it too
+    before the split, and keeps its VMA whole."""
+    s = System("shared-pt", aslr_bits=0, check=True)
+    s.create_object("seg", "shmem", 8 * MiB)
+    for name in ("a", "b", "c") if third else ("a", "b"):
+        s.spawn(name)
+        s.mmap(name, object="seg", shared=True, addr=BASE, fixed=True)
+    s.touch("a", BASE, write=True)
+    if third:
+        s.touch("c", BASE)
+    s.mprotect("a", BASE + 6 * MiB, 2 * MiB, "r")
+    s.touch("b", BASE)
+    return s
+
+
+def test_a_table_whose_only_vma_was_split_is_no_longer_offered():
+    # McCracken's partner search matches vm_start and vm_end of the VMAs in i_mmap: once a's VMA
+    # is split, no VMA with b's bounds holds a's tables, so b faults into tables of its own.
+    s = _split_then_attach(third=False)
+    assert s.process("b")["pt_shared_kb"] == 0
+    assert s.process("a")["pt_shared_kb"] == 0
+
+
+def test_a_table_another_user_still_maps_whole_is_still_offered():
+    s = _split_then_attach(third=True)
+    assert s.process("b")["pt_shared_kb"] == 4 * 4  # all four tables, found through c's VMA

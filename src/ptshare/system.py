@@ -155,7 +155,7 @@ class System:
         if kind == HUGETLB and nbytes % page:
             raise SimulationError(f"hugetlb object {name!r}: size must be a multiple of 2 MiB, not {nbytes}")
         obj = AddressSpace(id=self.k.new_object_id(), name=name, kind=kind, size=nbytes, page_size=page)
-        self.k.objects.append(obj)
+        self.k.objects[obj.id] = obj
         self._objects[name] = obj
 
     # --- processes -------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ class System:
             pfns = obj.cached_frames()
             obj.resize(0)
             self.k.frames.free(pfns)
-            self.k.objects.remove(obj)
+            del self.k.objects[obj.id]
         self._objects.clear()
 
     def read_values(self) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -117,10 +117,11 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("pgbench-like", "16 GiB shared buffers, 1,000 backends reading a zipf 10% sample",
          ("linux", "shared-pt", "eager"), pgbench(1000), target_s=20.0),
     Case("sga-300g", "300 GiB shmem, 1,500 processes attaching it at one address and reading all of it",
-         ("linux", "shared-pt", "shared-pt-2005"), sga, target_s=60.0, target_gib=4.0),
+         ("linux", "shared-pt", "shared-pt-2005"), sga, target_s=10.0, target_gib=2.0),
     Case("hugetlb-1t", "1 TiB hugetlb, 10,000 processes; with and without PMD sharing",
-         ("linux", "linux-no-pmd-share"), hugetlb_1t, target_s=60.0, target_gib=4.0),
+         ("linux", "linux-no-pmd-share"), hugetlb_1t, target_s=5.0, target_gib=4.0),
 ]}
 CURVE = {f"pgbench-like@{n}": Case(f"pgbench-like@{n}", f"as pgbench-like with {n:,} backends", ("linux", "shared-pt"),
-                                   pgbench(n)) for n in (100, 300, 1000, 3000)}
+                                   pgbench(n), target_s=20.0 if n == 3000 else None)
+         for n in (100, 300, 1000, 3000, 10_000)}
 ALL = {**CASES, **CURVE}

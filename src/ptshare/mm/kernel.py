@@ -44,7 +44,7 @@ class Kernel:
             self.stores.append(DirStore(self.stores[-1], self.shared))
         self.shared.stores = dict(enumerate(self.stores))
         self.tasks: list[Task] = []
-        self.objects: list[AddressSpace] = []
+        self.objects: dict[int, AddressSpace] = {}  # by id, in creation order
         self._pids = itertools.count(1)
         self._mm_ids = itertools.count(1)
         self._object_ids = itertools.count(1)

@@ -15,7 +15,9 @@ Deliberate shortcuts for speed, both exact:
 * a run of whole tables (PMD tables, or PTE tables) that would see the same transition -- a read
   of anonymous memory, or of file pages all already in the page cache, starting from the same
   contents -- is computed once and the resulting contents shared, with the counters scaled;
-* a table whose entries all already allow the access is skipped without looking at its pages.
+* a table whose entries all already allow the access is skipped without looking at its pages;
+* a read of a whole 1 GiB window whose tables partners hold complete attaches them in one step per
+  window (:func:`_attach_whole_windows`), without building a row per PTE table.
 """
 
 from __future__ import annotations
@@ -188,8 +190,62 @@ def _fault_pte_windows(k: Kernel, task: Task, vma: VMA, pud_table: Table, bases:
                        write: bool) -> None:
     """The faults of a sequential touch in the windows at ``bases`` of one PUD table."""
     windows = _Windows(k, task, vma, pud_table, bases)
-    spans = _sequential_spans(k, bases, acc)
+    rest = np.arange(len(bases))
+    if not write:
+        rest = rest[~_attach_whole_windows(k, task, vma, windows, bases, acc)]
+    if not len(rest):
+        windows.finish()
+        return
+    spans = _sequential_spans(k, bases[rest], acc)
+    spans.region = rest[spans.region]
     _fault_ptes(k, task, vma, windows, spans, _Sequential(acc, bases, k.geom.pmd.span), write, uniform=not write)
+
+
+def _attach_whole_windows(k: Kernel, task: Task, vma: VMA, windows: _Windows, bases: np.ndarray,
+                          acc: Accesses) -> np.ndarray:
+    """A read of whole 1 GiB windows whose every PTE table a partner holds with every entry
+    present, done per window rather than per table: with no PMD table yet, where partners offer
+    each PTE table, each is attached (``pt_share_pte``) and each first access faults and finds its
+    page there; with a PMD table just attached (``huge_pmd_share``), only the window's first access
+    faults, and finds its page.  That is what the PTE-level step reaches, without building the
+    windows' spans.  Returns which windows are done."""
+    done = np.zeros(len(bases), dtype=bool)
+    if acc.stride != PAGE_SIZE or huge_memory.thp_vma_allowable(k, vma):
+        return done
+    span = k.geom.pmd.span
+    lo, hi = max(acc.start, vma.vm_start), min(acc.end, vma.vm_end)
+    inside = (bases >= lo) & (bases + span <= hi)
+    full = k.stores[PTE].full
+    rows = np.flatnonzero(inside & windows.attached)
+    if len(rows):
+        entries = k.stores[PMD].entries[windows.cid[rows]]
+        tags = entry_tag(entries)
+        cid = entry_tables(k, entries)[1]
+        whole = ((tags == E_TABLE) | (tags == E_SHARED)).all(axis=1)
+        whole[whole] = (full[cid[whole]] != 0).all(axis=1)
+        rows = rows[whole]
+        windows.attached[rows] = False  # their first access is counted here
+        k.events.add("fault_spurious", len(rows))
+        _count_faults(k, task, len(rows))
+        done[rows] = True
+    if k.policy.pte_share_key(vma) is None:
+        return done
+    rows = np.flatnonzero(inside & windows.fresh & (windows.box == 0))
+    if not len(rows):
+        return done
+    addrs = bases[rows][:, None] + np.arange(PTRS_PER_TABLE, dtype=np.int64) * k.geom.pte.span
+    sids = ptshare.offered(k, vma, PTE, addrs.ravel()).reshape(len(rows), PTRS_PER_TABLE)
+    whole = (sids != 0).all(axis=1)
+    whole[whole] = (full[k.shared.content[sids[whole]]] != 0).all(axis=1)
+    rows, sids = rows[whole], sids[whole]
+    if not len(rows):
+        return done
+    ptshare.attach(k, task.mm, PTE, sids.ravel())
+    windows.buffer[windows.slot_of[rows]] = mk_shared(sids)
+    k.events.add("fault_spurious", sids.size)
+    _count_faults(k, task, sids.size)
+    done[rows] = True
+    return done
 
 
 def _fault_pte_explicit(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Accesses, write: bool) -> None:
@@ -352,10 +408,10 @@ class _Windows:
         k = self.k
         pmd = k.stores[PMD]
         pud = k.stores[PUD]
-        for r in np.flatnonzero(self.fresh).tolist():
-            cid = pmd.adopt(self.buffer[self.slot_of[r]])
-            self.cid[r] = cid
-            pud.entries[self.pud_cid, self.idx[r]] = mk_table(cid)
+        fresh = np.flatnonzero(self.fresh)
+        if len(fresh):
+            self.cid[fresh] = pmd.adopt_many(self.buffer[self.slot_of[fresh]])
+            pud.entries[self.pud_cid, self.idx[fresh]] = mk_table(self.cid[fresh])
         for r in np.flatnonzero(self.private & ~self.fresh & (self.sid == 0)).tolist():
             cid = pmd.intern(int(self.cid[r]))
             if cid != self.cid[r]:

@@ -13,6 +13,21 @@ def _vm_start(vma: VMA) -> int:
     return vma.vm_start
 
 
+def _vm_end(vma: VMA) -> int:
+    return vma.vm_end
+
+
+@dataclass(frozen=True)
+class FreeAreaCache:
+    """What the last top-down search below ``high`` learnt (the role of the maple tree's gap
+    tracking; close to 2.6-era ``free_area_cache``/``cached_hole_size``): every free gap that
+    starts at or above ``below`` (and ends at or below ``high``) is at most ``max_hole`` bytes."""
+
+    high: int
+    below: int
+    max_hole: int
+
+
 @dataclass(eq=False)
 class MM:
     """An address space: its VMAs (sorted by ``vm_start``), the root of its page tables and counters.
@@ -35,6 +50,7 @@ class MM:
     nr_shared: int = 0
     boxes: set[int] = field(default_factory=set)  # shared tables above the PTE level this mm uses
     dead: bool = False
+    free_area_cache: FreeAreaCache | None = None  # see get_unmapped_area(); dropped when a gap grows
 
     def __hash__(self) -> int:
         return self.id
@@ -63,24 +79,26 @@ class MM:
         return vma if vma is not None and vma.vm_start <= addr else None
 
     def vmas_between(self, start: int, end: int) -> list[VMA]:
-        """VMAs intersecting [start, end), in address order."""
-        i = max(self._index(start) - 1, 0)
+        """VMAs intersecting [start, end), in address order (O(log n + found))."""
+        vmas = self.vmas
+        i = bisect.bisect_right(vmas, start, key=_vm_end)  # the first VMA ending above start
         out = []
-        for vma in self.vmas[i:]:
-            if vma.vm_start >= end:
-                break
-            if vma.vm_end > start:
-                out.append(vma)
+        while i < len(vmas) and vmas[i].vm_start < end:
+            out.append(vmas[i])
+            i += 1
         return out
+
+    def index_of(self, vma: VMA) -> int:
+        """The position of ``vma`` in ``vmas`` (O(log n): VMAs do not overlap, so starts are unique)."""
+        i = self._index(vma.vm_start, right=False)
+        if i == len(self.vmas) or self.vmas[i] is not vma:
+            raise ValueError(f"{vma!r} is not in this mm")
+        return i
 
     def prev_next(self, start: int, end: int) -> tuple[VMA | None, VMA | None]:
         """The VMAs just below ``start`` and just above ``end`` (for free_pgtables floor/ceiling)."""
-        i = self._index(start, right=False)
-        prev = None
-        for vma in reversed(self.vmas[:i]):
-            if vma.vm_end <= start:
-                prev = vma
-                break
+        i = bisect.bisect_right(self.vmas, start, key=_vm_end)  # VMAs before i end at or below start
+        prev = self.vmas[i - 1] if i else None
         j = self._index(end, right=False)
         nxt = self.vmas[j] if j < len(self.vmas) else None
         return prev, nxt
@@ -92,7 +110,10 @@ class MM:
             vma.obj.i_mmap.add(vma)
 
     def remove_vma(self, vma: VMA) -> None:
-        self.vmas.remove(vma)
+        del self.vmas[self.index_of(vma)]
+        cache = self.free_area_cache
+        if cache is not None and vma.vm_end > cache.below:  # a gap the cache vouches for grows
+            self.free_area_cache = None
         if vma.obj is not None:
             vma.obj.i_mmap.discard(vma)
 

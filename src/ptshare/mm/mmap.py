@@ -13,11 +13,14 @@ page-granular randomness with it), the highest free gap that fits, and these ali
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..arch import PAGE_SHIFT, PAGE_SIZE
 from ..errors import MmError
 from .huge_memory import split_huge_pmd_address
+from .mm_struct import FreeAreaCache, _vm_end
 from .pagecache import FILE, SHMEM, AddressSpace
 from .unmap import free_pgtables, zap_page_range
 from .vma import (
@@ -56,30 +59,46 @@ def mmap_base(k: Kernel, task_size: int) -> int:
 
 # --- get_unmapped_area --------------------------------------------------------------------------
 
-def _free_gaps(mm: MM, low: int, high: int) -> list[tuple[int, int]]:
-    gaps = []
-    prev_end = low
-    for vma in mm.vmas:
-        if vma.vm_start > prev_end:
-            gaps.append((prev_end, min(vma.vm_start, high)))
-        prev_end = max(prev_end, vma.vm_end)
-        if prev_end >= high:
-            break
-    if prev_end < high:
-        gaps.append((prev_end, high))
-    return [(a, b) for a, b in gaps if b > a]
+def _gaps_below(mm: MM, below: int, low: int, high: int) -> Iterator[tuple[int, int]]:
+    """The free gaps of ``mm`` within [low, high) that start below ``below``, highest first
+    (O(log n) to find the first)."""
+    vmas = mm.vmas
+    i = bisect.bisect_left(vmas, below, key=_vm_end)  # vmas[:i] end below ``below``
+    while i >= 0:
+        gap_start = max(vmas[i - 1].vm_end, low) if i else low
+        gap_end = min(vmas[i].vm_start, high) if i < len(vmas) else high
+        if gap_end > gap_start:
+            yield gap_start, gap_end
+        if gap_start <= low:
+            return
+        i -= 1
 
 
-def vm_unmapped_area_topdown(mm: MM, length: int, high: int, align_mask: int = 0, align_offset: int = 0) -> int:
+def vm_unmapped_area_topdown(mm: MM, length: int, high: int, align_mask: int = 0, align_offset: int = 0,
+                             mapped: int | None = None) -> int:
     """The highest address ``a`` below ``high`` with [a, a + length) free and
-    ``(a - align_offset) & align_mask == 0``.  Raises ENOMEM if none."""
-    for gap_start, gap_end in reversed(_free_gaps(mm, MMAP_MIN_ADDR, high)):
-        if gap_end - gap_start < length:
-            continue
-        addr = gap_end - length
-        addr -= (addr - align_offset) & align_mask
-        if addr >= gap_start:
-            return addr
+    ``(a - align_offset) & align_mask == 0``.  Raises ENOMEM if none.  ``mapped``: the fewest
+    bytes the caller maps in [a, a + length) (all of them unless it searched with padding).
+
+    Models vm_unmapped_area() top-down.  The kernel finds the gap in O(log n) from the largest gap
+    the maple tree keeps below each node; here ``mm.free_area_cache`` says how large the gaps above
+    the last mapping placed can be, so that a search for more than that starts there (a shortcut
+    for speed: the same address, without visiting every gap above it).
+    """
+    cache = mm.free_area_cache
+    if cache is not None and cache.high == high and length > cache.max_hole:
+        below, max_hole = cache.below, cache.max_hole
+    else:
+        below, max_hole = high, 0
+    for gap_start, gap_end in _gaps_below(mm, below, MMAP_MIN_ADDR, high):
+        if gap_end - gap_start >= length:
+            addr = gap_end - length
+            addr -= (addr - align_offset) & align_mask
+            if addr >= gap_start:
+                left = gap_end - addr - (length if mapped is None else mapped)  # free above the mapping, at most
+                mm.free_area_cache = FreeAreaCache(high, addr, max(max_hole, left))
+                return addr
+        max_hole = max(max_hole, gap_end - gap_start)
     raise MmError("ENOMEM", f"no free range of {length} bytes below {high:#x}")
 
 
@@ -118,7 +137,7 @@ def _thp_get_unmapped_area(mm: MM, length: int, off: int, size: int, high: int) 
     if off_end <= off_align or off_end - off_align < size:
         return 0
     try:
-        ret = vm_unmapped_area_topdown(mm, length + size, high)
+        ret = vm_unmapped_area_topdown(mm, length + size, high, mapped=length)
     except MmError:
         return 0
     off_sub = (off - ret) & (size - 1)
@@ -134,15 +153,20 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
 
     A table shared across the split point can no longer be shared by this mm (neither half
     covers it whole), so it lets go of it first (McCracken; hugetlb_split()); a huge PMD across it
-    is split.
+    is split.  Where a half's share key changed, partners no longer find the tables through this
+    mm (:func:`ptshare.mm.unshare.withdraw_rekeyed`).
     """
+    from .unshare import withdraw_rekeyed
+
     unshare_around(k, mm, vma, addr)
     split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
+    old_keys = [k.policy.share_key(lvl, vma) for lvl in range(3)]
     new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
               vm_pgoff=vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), obj=vma.obj,
               anon_vma=vma.anon_vma, anon_vma_chain=vma.anon_vma_chain)  # anon_vma_clone()
     vma.vm_end = addr
     mm.insert_vma(new)
+    withdraw_rekeyed(k, mm, (vma, new), old_keys)
     return new
 
 
@@ -209,14 +233,19 @@ def vma_merge(k: Kernel, mm: MM, vma: VMA, *, check_src: bool = True, with_prev:
 
 def vma_merge_extend(k: Kernel, mm: MM, vma: VMA, delta: int) -> VMA:
     """Models vma_merge_extend(): ``vma`` grows by ``delta`` bytes in place, and the grown VMA
-    merges with the one it now touches if it can, as any new range would."""
+    merges with the one it now touches if it can, as any new range would.
+
+    The grown VMA is a changed mapping for the purpose of sharing tables, as a moved one is: it
+    lets go of the tables it shares (McCracken's mremap calls pt_unshare_range()), and takes those
+    it alone uses as its own, no longer offered under its old bounds."""
+    unshare_range(k, mm, vma.vm_start, vma.vm_end)
     vma.vm_end += delta
     return vma_merge(k, mm, vma, check_src=False, with_prev=False)
 
 
 def _merge(mm: MM, vma: VMA, check_src: bool, with_prev: bool) -> VMA:
     """Models vma_merge_new_range()/vma_merge_existing_range() once ``vma`` is in place."""
-    i = mm.vmas.index(vma)
+    i = mm.index_of(vma)
     prev = mm.vmas[i - 1] if i > 0 and with_prev else None
     nxt = mm.vmas[i + 1] if i + 1 < len(mm.vmas) else None
     left = prev is not None and _can_merge(prev, vma, vma, check_src)
@@ -258,7 +287,7 @@ def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpac
     if shared and obj is None:
         obj = AddressSpace(id=k.new_object_id(), name="[shmem]", kind=SHMEM, size=length,
                            page_size=PAGE_SIZE, anonymous=True)
-        k.objects.append(obj)
+        k.objects[obj.id] = obj
         pgoff = 0
     if fixed:
         if addr % PAGE_SIZE or addr < MMAP_MIN_ADDR or addr + length > mm.task_size:
@@ -333,5 +362,5 @@ def release_object(k: Kernel, obj: AddressSpace | None) -> None:
     obj.resize(0)
     k.frames.free(pfns)
     k.events.add("pages_freed", len(pfns))
-    k.objects.remove(obj)
+    del k.objects[obj.id]
 

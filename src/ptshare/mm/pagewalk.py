@@ -40,6 +40,8 @@ class Shared(Enum):
     YIELD = "yield"  # hand it to the caller unentered (fork attaches it in the child)
     UNSHARE = "unshare"  # let go before the mapping changes; a sole user takes it as its own
     UNSHARE_OTHERS = "unshare-others"  # as UNSHARE, but a sole user keeps it shareable (truncate)
+    WITHDRAW = "withdraw"  # the VMA's share key changed (a split): a sole user takes it as its own,
+    # a table others use stays shared (they still offer it)
     UNMAP = "unmap"  # as UNSHARE, before the range is unmapped: a span it covers whole is never copied
     ZAP = "zap"  # entries of the range are about to go: drop it if the range covers its span
     DROP = "drop"  # the whole mm is going (exit, free_pgtables): drop it, never copy
@@ -202,6 +204,8 @@ def shared_entry(k: Kernel, mm: MM, lvl: int, dir_cid: int, i: int, start: int, 
         return Table(lvl, cid, sid, sid, start, end, dir_cid, i)
     from . import ptshare  # here, not above: a walk enters shared tables far more often than it lets go
 
+    if how is Shared.WITHDRAW and int(k.shared.users[sid]) > 1:
+        return None
     if int(k.shared.users[sid]) > 1:
         span = k.geom.levels[lvl].span
         base = start & ~(span - 1)
@@ -215,7 +219,7 @@ def shared_entry(k: Kernel, mm: MM, lvl: int, dir_cid: int, i: int, start: int, 
         entries[dir_cid, i] = mk_table(cid) if cid else 0
         k.shared.put(sid)
         return Table(lvl, cid, 0, box, start, end, dir_cid, i) if cid else None
-    if how is Shared.UNSHARE or how is Shared.UNMAP:
+    if how in (Shared.UNSHARE, Shared.UNMAP, Shared.WITHDRAW):
         cid = ptshare.privatize(k, mm, lvl, sid)
         entries[dir_cid, i] = mk_table(cid)
         k.shared.put(sid)

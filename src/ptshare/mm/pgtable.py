@@ -315,24 +315,43 @@ class DirStore(_Store):
         """The id of a table holding ``entries``: an existing equal one if there is one (the entries'
         references on PTE contents are then given back), or a new one that takes them over (and
         takes the storage references on shared tables that the entries do not carry)."""
-        raw = entries.tobytes()
-        h = hash(raw)
-        for other in self._by_hash.get(h, []):
-            if self.refs[other] > 0 and self.entries[other].tobytes() == raw:
-                self.refs[other] += 1
-                tables = entries[entry_tag(entries) == E_TABLE]
-                if len(tables):
-                    self.child.put(entry_value(tables))
-                return other
-        (cid,) = self._alloc_ids(1)
-        self.entries[cid] = entries
-        self.refs[cid] = 1
-        boxes = entries[entry_tag(entries) == E_SHARED]
-        if len(boxes):
-            self.shared.get(entry_value(boxes))
-        self._by_hash.setdefault(h, []).append(int(cid))
-        self._hash_of[int(cid)] = h
-        return int(cid)
+        return int(self.adopt_many(entries[None])[0])
+
+    def adopt_many(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`adopt` for each row of ``rows`` in turn (a row equal to an earlier one takes
+        the table made for it)."""
+        out = np.zeros(len(rows), dtype=np.int64)
+        first: dict[bytes, int] = {}  # contents new in this call -> the row that makes their table
+        makes = np.zeros(len(rows), dtype=bool)
+        for i, raw in enumerate(r.tobytes() for r in rows):
+            for other in self._by_hash.get(hash(raw), ()):
+                if self.refs[other] > 0 and self.entries[other].tobytes() == raw:
+                    out[i] = other
+                    break
+            else:
+                j = first.setdefault(raw, i)
+                makes[i] = j == i
+                out[i] = -1 - j  # made below
+        made = np.flatnonzero(makes)
+        if len(made):
+            cids = self._alloc_ids(len(made))
+            self.entries[cids] = rows[made]
+            self.refs[cids] = 0
+            for cid, raw in zip(cids.tolist(), first, strict=True):
+                h = hash(raw)
+                self._by_hash.setdefault(h, []).append(cid)
+                self._hash_of[cid] = h
+            later = out < 0
+            out[later] = cids[np.searchsorted(made, -1 - out[later])]
+            boxes = rows[made][entry_tag(rows[made]) == E_SHARED]
+            if len(boxes):
+                self.shared.get(entry_value(boxes))
+        np.add.at(self.refs, out, 1)
+        given = rows[~makes]
+        tables = given[entry_tag(given) == E_TABLE]
+        if len(tables):
+            self.child.put(entry_value(tables))
+        return out
 
     def intern(self, cid: int) -> int:
         """Share storage with an existing table of equal contents, if there is one.

@@ -88,6 +88,21 @@ def unregister(k: Kernel, sid: int) -> None:
 
 # --- sharing by key --------------------------------------------------------------------------
 
+def offered(k: Kernel, vma: VMA, lvl: int, bases: np.ndarray) -> np.ndarray:
+    """The shared tables that partners offer for ``vma``'s level-``lvl`` spans at ``bases``: 0 where
+    none is registered, where the policy shares none for ``vma``, or where ``vma`` does not cover
+    the span whole."""
+    out = np.zeros(len(bases), dtype=np.int64)
+    key = k.policy.share_key(lvl, vma)
+    if key is None:
+        return out
+    span = k.geom.levels[lvl].span
+    whole = (bases >= vma.vm_start) & (bases + span <= vma.vm_end)
+    where, slots = _registry_slots(k, lvl, key, bases[whole])
+    out[whole] = _lookup(k, where, slots)
+    return out
+
+
 def share_alloc(k: Kernel, mm: MM, vma: VMA, lvl: int, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Give ``mm`` level-``lvl`` tables for the spans at ``bases`` where the policy's key for
     ``vma`` says they are to be shared ones.

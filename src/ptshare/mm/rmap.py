@@ -27,7 +27,7 @@ def find_mergeable_anon_vma(vma: VMA) -> AnonVma | None:
     """Models find_mergeable_anon_vma(): the next VMA's anon_vma, else the previous one's, if that
     VMA is adjacent and compatible (``anon_vma_compatible``) and not a fork child."""
     vmas = vma.mm.vmas
-    i = vmas.index(vma)
+    i = vma.mm.index_of(vma)
     if i + 1 < len(vmas):
         nxt = vmas[i + 1]
         found = _reusable_anon_vma(nxt, vma, nxt)

@@ -119,7 +119,7 @@ def check(system: System) -> None:
     mapcount = Counter()
     counted: set[int] = set()  # shared tables whose pages are counted already
     cache_owner: dict[int, str] = {}
-    for obj in k.objects:
+    for obj in k.objects.values():
         for pfn in obj.cached_frames().tolist():
             if pfn in cache_owner:
                 raise InternalError("frame in two page caches", pfn=pfn, objects=(cache_owner[pfn], obj.name))
