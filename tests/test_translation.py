@@ -288,3 +288,19 @@ def test_served_references_add_up():
     # the LLC sees 1/16 of these lines (here about 300): its estimate is within a few standard errors
     assert abs(fig.served[2] + fig.served[3] - beyond_l2) <= 0.2 * beyond_l2
     assert fig.served[3] == fig.walk_refs_llc_miss + fig.data_llc_miss
+
+
+def test_experiment_with_translation_stores_and_shows_each_runs_figures(tmp_path, capsys):
+    db = str(tmp_path / "runs.db")
+    assert main(["experiment", "fork-exec", "--quick", "--translation", "--db", db, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["translation"] and doc["runs"]["made"] == len(doc["translation"])
+    for run_figures in doc["translation"]:
+        assert set(run_figures) == {"run", "policy"} | FIELDS | EXTRA
+        assert run_figures["accesses"] > 0
+    assert main(["experiment", "fork-exec", "--quick", "--db", db, "--format", "json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "translation" not in plain and plain["runs"]["reused"] == 0  # runs of their own
+    assert main(["experiment", "fork-exec", "--quick", "--translation", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "address translation, each run's touches" in out and "0 made now" in out

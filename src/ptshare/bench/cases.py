@@ -49,7 +49,7 @@ def fork_shared_read(scale: float) -> Scenario:
     return sc
 
 
-XLAT_SAMPLE = 64  # pgbench-like+translation: beyond a step's first 2**20 accesses, 1 in 64 simulated
+XLAT_SAMPLE = 128  # pgbench-like+translation: beyond a step's first 2**20 accesses, 1 in 128 simulated
 
 
 def pgbench(backends: int, translation: bool = False) -> Callable[[float], Scenario]:

@@ -270,8 +270,13 @@ class Translation:
         Under nested paging (``cpu.host_page``) each guest entry is preceded by the host's leaf
         entry that translates the guest table's guest-physical page, and the walk ends with the
         host entry for the data's page: a two-dimensional walk whose host upper levels are taken
-        to hit the nested paging-structure caches.  Returns (keys, is_data, owning access, and the
-        level of each guest entry read, -1 for the data and host entries).
+        to hit the nested paging-structure caches.  The host maps guest-physical memory in order,
+        so a line of its entries serves 8 consecutive guest frames: the frames of a hugetlb folio
+        are consecutive, but the guest's page allocator hands out 4 KiB frames one at a time from
+        wherever they are free, so each 4 KiB data page's host entry is taken to be in a line of
+        its own (the simulator numbers frames in order, which no long-running guest does).
+        Returns (keys, is_data, owning access, and the level of each guest entry read, -1 for the
+        data and host entries).
         """
         nested = bool(self.cpu.host_page)
         nwalk = np.where(walk_level >= 0, walk_level - leaf + 1, 0)
@@ -287,8 +292,9 @@ class Translation:
             host_data = ~is_data & (step_in == nrefs[owner] - 1)
             guest = ~is_data & ~host_data & (step_in % 2 == 1)
             host_table = ~is_data & ~host_data & ~guest
-            keys[host_data] = mix(np.full(int(host_data.sum()), _HOST_ROOT, dtype=np.uint64),
-                                  gpa[owner[host_data]] >> host_shift)
+            of = owner[host_data]
+            keys[host_data] = mix(np.full(len(of), _HOST_ROOT, dtype=np.uint64),
+                                  gpa[of] >> np.where(leaf[of] == 0, PAGE_SHIFT, host_shift))
             ho = owner[host_table]
             hl = walk_level[ho] - step_in[host_table] // 2
             keys[host_table] = mix(mix(np.full(len(ho), _HOST_ROOT, dtype=np.uint64), 1), ident[hl, ho])
