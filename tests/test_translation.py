@@ -281,6 +281,24 @@ def test_nested_paging_walks_are_two_dimensional():
     assert fig.walks > 0.5 * fig.accesses  # 16,384 host pages do not fit 3,072 entries; 32 huge pages would
 
 
+def test_nested_host_entries_of_4kib_frames_each_take_a_line():
+    """A sequential read in a guest: 8 consecutive 2 MiB-folio frames share a line of host entries,
+    8 consecutive 4 KiB frames (scattered by the guest's allocator) do not."""
+    tiny = dataclasses.replace(DEFAULT, pwc={}, host_page=4096, l1d=4096, l2=4096, llc=1 << 16)
+    misses = {}
+    for kind in ("shmem", "hugetlb"):
+        s = System("linux", aslr_bits=0, translation={"cpu": tiny, "llc_sample": 1})
+        s.create_object("seg", kind, 64 << 20)
+        s.spawn("p")
+        seg = s.mmap("p", 64 << 20, object="seg", shared=True)
+        s.touch("p", seg, write=True)
+        s.translation.take_step()
+        s.touch("p", seg)
+        fig = s.translation.take_step()
+        misses[kind] = fig.walk_refs_llc_miss / fig.walks
+    assert misses["shmem"] - misses["hugetlb"] > 0.8
+
+
 def test_served_references_add_up():
     s = _backends("linux", 2, 256 << 20, 5000)
     fig = s.translation.take_step()
