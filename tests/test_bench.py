@@ -58,3 +58,16 @@ def test_vs_host_times_each_step_on_the_kernel(tmp_path):
         assert "fork" in ops and "touch" in ops and "spawn" not in ops
         assert all(s["sim_ns"] > 0 and s["kernel_ns"] > 0 for s in r["steps"])
         assert r["ratio"] == pytest.approx(r["sim_ns"] / r["kernel_ns"])
+
+
+def test_the_translation_case_models_translation_and_is_timed_against_its_twin():
+    from ptshare.bench.cases import ALL, XLAT_SAMPLE
+    from ptshare.bench.cli import _translation_ratio
+
+    with_model, without = ALL["pgbench-like+translation"].build(0.01), ALL["pgbench-like"].build(0.01)
+    assert with_model.machine.translation and with_model.machine.translation_sample == XLAT_SAMPLE > 1
+    assert not without.machine.translation and with_model.steps == without.steps
+    docs = [{"case": "pgbench-like", "policy": "linux", "cpu_s_median": 2.0},
+            {"case": "pgbench-like+translation", "policy": "linux", "cpu_s_median": 3.0},
+            {"case": "pgbench-like+translation", "policy": "shared-pt", "cpu_s_median": 1.0}]
+    assert _translation_ratio(docs) == {"linux": 1.5}  # shared-pt has no twin here

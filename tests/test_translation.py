@@ -235,6 +235,34 @@ def test_bad_options_are_refused():
     s = System("linux")
     with pytest.raises(ValueError, match="llc_sample a power of two"):
         Translation(s.k, llc_sample=3)
+    with pytest.raises(ValueError, match="sample and exact must be >= 1"):
+        Translation(s.k, sample=0)
+
+
+def _rounds(policy: str, options: dict) -> list:
+    """48 backends over a 1 GiB pool, two rounds of zipf reads, each round one step."""
+    s = _backends(policy, 48, GiB, 20_000, translation=options, rounds=0)
+    seg = s.task("be0").mm.vmas[0].vm_start
+    out = []
+    for r in range(2):
+        for i in range(48):
+            s.access(f"be{i}", accesses(seg, GiB, "zipf", count=20_000, seed=100 * r + i, zipf_s=1.1))
+        out.append(s.translation.take_step())
+    return out
+
+
+@pytest.mark.parametrize("policy", ["linux", "shared-pt"])
+def test_touch_sampling_error_is_small_against_the_full_simulation(policy):
+    """Steps of 960,000 accesses simulated on a sample: the first 262,144 accesses of each, then
+    1 in 8 (13 of the 48 touches a step), the others given the simulated ones' figures per access.
+    The postmaster's write of the pool (262,144 accesses) is simulated whole either way."""
+    full = _rounds(policy, {"sample": 1})
+    sampled = _rounds(policy, {"sample": 8, "exact": 1 << 18})
+    for want, got in zip(full, sampled, strict=True):
+        assert got.accesses == want.accesses
+        for field in ("tlb_misses", "walks", "walk_refs"):
+            assert abs(getattr(got, field) / getattr(want, field) - 1) < 0.01, field
+        assert abs(got.est_ns / want.est_ns - 1) < 0.05
 
 
 def test_nested_paging_walks_are_two_dimensional():
@@ -253,6 +281,24 @@ def test_nested_paging_walks_are_two_dimensional():
     assert fig.walks > 0.5 * fig.accesses  # 16,384 host pages do not fit 3,072 entries; 32 huge pages would
 
 
+def test_nested_host_entries_of_4kib_frames_each_take_a_line():
+    """A sequential read in a guest: 8 consecutive 2 MiB-folio frames share a line of host entries,
+    8 consecutive 4 KiB frames (scattered by the guest's allocator) do not."""
+    tiny = dataclasses.replace(DEFAULT, pwc={}, host_page=4096, l1d=4096, l2=4096, llc=1 << 16)
+    misses = {}
+    for kind in ("shmem", "hugetlb"):
+        s = System("linux", aslr_bits=0, translation={"cpu": tiny, "llc_sample": 1})
+        s.create_object("seg", kind, 64 << 20)
+        s.spawn("p")
+        seg = s.mmap("p", 64 << 20, object="seg", shared=True)
+        s.touch("p", seg, write=True)
+        s.translation.take_step()
+        s.touch("p", seg)
+        fig = s.translation.take_step()
+        misses[kind] = fig.walk_refs_llc_miss / fig.walks
+    assert misses["shmem"] - misses["hugetlb"] > 0.8
+
+
 def test_served_references_add_up():
     s = _backends("linux", 2, 256 << 20, 5000)
     fig = s.translation.take_step()
@@ -260,3 +306,19 @@ def test_served_references_add_up():
     # the LLC sees 1/16 of these lines (here about 300): its estimate is within a few standard errors
     assert abs(fig.served[2] + fig.served[3] - beyond_l2) <= 0.2 * beyond_l2
     assert fig.served[3] == fig.walk_refs_llc_miss + fig.data_llc_miss
+
+
+def test_experiment_with_translation_stores_and_shows_each_runs_figures(tmp_path, capsys):
+    db = str(tmp_path / "runs.db")
+    assert main(["experiment", "fork-exec", "--quick", "--translation", "--db", db, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["translation"] and doc["runs"]["made"] == len(doc["translation"])
+    for run_figures in doc["translation"]:
+        assert set(run_figures) == {"run", "policy"} | FIELDS | EXTRA
+        assert run_figures["accesses"] > 0
+    assert main(["experiment", "fork-exec", "--quick", "--db", db, "--format", "json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "translation" not in plain and plain["runs"]["reused"] == 0  # runs of their own
+    assert main(["experiment", "fork-exec", "--quick", "--translation", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "address translation, each run's touches" in out and "0 made now" in out

@@ -10,6 +10,7 @@ import pytest
 
 from ptshare.cli.main import main
 from ptshare.translation import get_cpu
+from ptshare.translation.caches import GRID, Hierarchy, fit_hierarchy, line_configs
 from ptshare.translation.hostcheck import Config, build, cases, configs, fit, per_access, predict, priced, run_chase
 
 MiB = 1 << 20
@@ -26,18 +27,30 @@ def test_ratios_are_medians_of_per_round_ratios_and_only_ratios_are_checked():
     assert {c.measured for c in ns} == {33.0, 30.0} and all(c.ok for c in ns)
 
 
-def test_fit_recovers_latencies_from_2mib_chases_alone():
+def test_fit_recovers_a_walk_from_2mib_chases_alone():
     cpu = get_cpu("zen4-guest")
     cfgs = [Config(s, h) for s in (16 * MiB, 64 * MiB, 256 * MiB) for h in (False, True)]
     rng = np.random.default_rng(2)
     counts = {c: np.concatenate([rng.random(4) * 2, [1.0, rng.random()]]) for c in cfgs}
-    truth = {"l1": cpu.latency.l1, "l2": cpu.latency.l2, "tlb_l2": cpu.latency.tlb_l2,
-             "llc": 40.0, "dram": 150.0, "walk": 60.0}
+    truth = {**cpu.latency.as_dict(), "walk": 60.0}
     times = {c: [priced(counts[c], truth)] for c in cfgs}
     times[cfgs[0]] = [1e6]  # a 4 KiB chase: the fit must not see it
     got = fit(cfgs, counts, times, cpu)
-    for key in ("llc", "dram", "walk"):
-        assert got[key] == pytest.approx(truth[key], rel=1e-6)
+    assert got == pytest.approx(truth, rel=1e-6)
+
+
+def test_hierarchy_fit_finds_the_llc_the_chases_were_made_with():
+    """Line chases priced by a known LRU hierarchy (LLC 4.75 MiB), with +-3% noise: the fit finds
+    that LLC within one grid step and the latencies within 15%."""
+    cpu = get_cpu("zen4-guest")
+    truth = Hierarchy(19 * MiB // 4, {"l1": 1.5, "l2": 4.5, "llc": 20.0, "dram": 150.0}, 0.0)
+    rng = np.random.default_rng(5)
+    times = {c: list(truth.predicted(cpu, c.size) * rng.uniform(0.97, 1.03, 8)) for c in line_configs()}
+    got = fit_hierarchy(cpu, times)
+    assert abs(got.llc - truth.llc) <= GRID
+    for key, ns in truth.ns.items():
+        assert got.ns[key] == pytest.approx(ns, rel=0.15), key
+    assert got.applied(cpu).llc == got.llc and got.applied(cpu).latency.dram == got.ns["dram"]
 
 
 def test_model_puts_2mib_pages_below_4kib_pages():
@@ -54,6 +67,7 @@ def test_the_chase_program_builds_and_measures(tmp_path):
     for mode in ("proc", "thread"):
         ns = run_chase(exe, Config(8 * MiB, False, mode, 2), 20_000, seed=1)
         assert 0.1 < ns < 10_000
+    assert 0.1 < run_chase(exe, Config(MiB, False, stride=64), 20_000, seed=1) < 10_000
 
 
 def test_bad_arguments(capsys):
@@ -61,6 +75,8 @@ def test_bad_arguments(capsys):
     assert "at least 8 interleaved runs" in capsys.readouterr().err
     assert main(["validate", "--translation", "some.toml"]) == 2
     assert "give no scenario files" in capsys.readouterr().err
+    assert main(["calibrate", "--translation", "--repeat", "3"]) == 2
+    assert "at least 8 interleaved runs" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="checks the message a user without root gets")

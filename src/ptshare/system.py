@@ -340,10 +340,11 @@ class System:
         self.k.events.add("accesses", len(valid))
 
         fresh = None
-        if self.translation is not None and len(valid):  # pages the fault path is about to map
+        simulated = self.translation.plan(len(valid)) if self.translation is not None and len(valid) else 0
+        if simulated:  # pages the fault path is about to map, of the accesses the model simulates
             from .mm.translate import lookup
 
-            fresh = ~lookup(self.k, mm, valid.materialize())[0]
+            fresh = ~lookup(self.k, mm, valid.materialize()[len(valid) - simulated:])[0]
 
         def op() -> None:
             if not len(valid):

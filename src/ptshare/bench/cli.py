@@ -86,6 +86,13 @@ def _was(old: dict | None, scale: float) -> str:
     return f"{old['wall_s_median']:.2f} s" + (f" ({cpu:.2f} s)" if cpu is not None else "")
 
 
+def _translation_ratio(docs: list[dict]) -> dict[str, float]:
+    """Per policy: the median CPU time of pgbench-like with the translation model over without."""
+    cpu = {(d["case"], d["policy"]): d["cpu_s_median"] for d in docs}
+    return {p: cpu["pgbench-like+translation", p] / cpu["pgbench-like", p]
+            for (case, p) in cpu if case == "pgbench-like+translation" and ("pgbench-like", p) in cpu}
+
+
 def cmd_bench(args) -> int:
     if not 0 < args.scale <= 1:
         raise UsageError("--scale must be more than 0 and at most 1")
@@ -129,12 +136,18 @@ def cmd_bench(args) -> int:
         print(table(headers, rows, "llrrrrrrll"))
         print("before: the last results written to " + args.output + " at the same scale; CPU time is what a busy "
               "machine inflates least")
+    slower = _translation_ratio(docs)
+    if slower:
+        print()
+        print("pgbench-like+translation / pgbench-like, CPU time (the bound: < 2): "
+              + ", ".join(f"{p} {r:.2f}" for p, r in slower.items()))
     if host:
         print()
         print("simulating under linux against this machine's kernel doing it (under 1: the simulator is faster)")
         print(table(["case", "step", "sim wall", "kernel wall", "sim / kernel"], host, "llrrr"))
     write_output(json.dumps({"schema": "ptshare.bench/1", "machine": describe(), "repeat": args.repeat,
                              "scale": args.scale, "results": docs, "vs_host": host_records,
+                             "translation_cpu_ratio": slower,
                              **({"real": real} if real is not None else {})}, indent=1), args.output)
     print(f"results written to {args.output}")
     return 0

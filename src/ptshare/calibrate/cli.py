@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", metavar="PROFILE.toml",
                    help="where the costs calibration cannot measure come from (default: the shipped profile)")
     p.add_argument("--name", default="calibrated", help="the profile's name (default: calibrated)")
+    p.add_argument("--translation", action="store_true",
+                   help="instead: measure the cache hierarchy the translation model prices (the effective LLC "
+                   "capacity and ns per reference at each level) by random chases over every cache line (root; "
+                   "about a minute); --repeat is then the interleaved runs (default and least 8)")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -38,6 +42,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import profile, report
     from .run import calibrate
 
+    if args.translation:
+        from ..translation.cli import calibrate_translation
+
+        return calibrate_translation(args)
     if not args.name.strip():
         raise UsageError("--name must not be empty")
     if args.output:

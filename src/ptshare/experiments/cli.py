@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-host", action="store_true",
                    help="fork-vs-segment only: also measure fork on this machine's kernel (the host backend)")
     p.add_argument("--figure", metavar="FILE", help="also draw the figure to FILE (.png or .svg)")
+    p.add_argument("--translation", action="store_true",
+                   help="model address translation in every simulator run (TLBs, page walks, caches): runs of "
+                   "their own, each stored with its translation figures, which a table after the experiment's shows")
     add_options(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -118,8 +121,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             raise UsageError(f"--figure {args.figure}: the file name must end in .png or .svg")
         check_output(args.figure, "figure.png", "--figure")
     with _db(args.db) as db, executor_for(args) as executor:
-        outcome, tally = run_experiment(exp, params, db, executor=executor)
+        outcome, tally = run_experiment(exp, params, db, executor=executor, translation=args.translation)
         where = str(db.path)
+        figures = _translation_figures(exp, params, db) if args.translation else None
     if args.figure:
         try:
             _figure(outcome, Path(args.figure))
@@ -127,12 +131,38 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write {args.figure}: {exc.strerror or exc}; the runs are stored in {where}, "
                              "and the same command again reuses them") from None
     if args.format == "json":
-        doc = {**outcome.to_json(), "runs": {"made": tally.ran, "reused": tally.reused}, "db": where}
+        doc = {**outcome.to_json(), "runs": {"made": tally.ran, "reused": tally.reused}, "db": where,
+               **({"translation": figures} if figures is not None else {})}
         print(json.dumps(doc, indent=1))
     else:
         print(_text(outcome))
+        if figures is not None:
+            print("\n" + _translation_text(figures))
         print(f"\n{tally.ran + tally.reused} runs ({tally.ran} made now, {tally.reused} reused) in {where}")
     return 0
+
+
+def _translation_figures(exp: Any, params: dict[str, Any], db: ResultsDB) -> list[dict[str, Any]]:
+    """Each simulator run's translation figures, summed over its steps, in the order planned."""
+    from ..cost import load_profile
+    from .runner import planned, run_key
+
+    cost = load_profile()
+    out = []
+    for spec in planned(exp, params, translation=True):
+        stored = db.metrics(run_key(exp, spec, cost)) if spec.backend == "sim" else None
+        if stored is not None and "translation" in stored:
+            out.append({"run": spec.label, "policy": spec.policy, **stored["translation"]})
+    return out
+
+
+def _translation_text(figures: list[dict[str, Any]]) -> str:
+    from ..cli.render import table
+
+    keys = ("accesses", "tlb_misses", "walks", "walk_refs", "walk_refs_llc_miss", "data_llc_miss")
+    rows = [[f["run"], *(f"{f[k]:,}" for k in keys), f"{f['est_ns'] / 1e6:.2f}"] for f in figures]
+    return "address translation, each run's touches (summed over its steps)\n" + table(
+        ["run", *keys, "est ms"], rows, "l" + "r" * (len(keys) + 1))
 
 
 def _figure(outcome: Any, path: Path) -> None:

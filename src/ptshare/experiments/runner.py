@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +44,7 @@ def model_fingerprint() -> str:
     """A hash of the sources that decide what a simulated run computes."""
     root = Path(__file__).resolve().parents[1]
     files = [root / "arch.py", root / "system.py", root / "cost.py"]
-    for part in ("mm", "policies", "scenario"):
+    for part in ("mm", "policies", "scenario", "translation"):
         files += sorted((root / part).glob("*.py"))
     digest = hashlib.sha256()
     for f in files:
@@ -115,10 +115,15 @@ class Made:
 
 def make_run(job: Job, progress: Callable[[int, int], None] | None = None) -> Made:
     """Make ``job``'s run and keep its metrics: what a worker process does, or this one when serial."""
+    from ..cli.render import translation_total
+
     started = time.perf_counter()
     result = execute(job.spec, job.cost, progress or _no_progress)
-    return Made(job.measures.measure(job.spec, result), time.perf_counter() - started, __version__,
-                model_fingerprint())
+    metrics = job.measures.measure(job.spec, result)
+    total = translation_total(result)
+    if total is not None:  # the translation model was on: the run's figures, whatever the experiment keeps
+        metrics.setdefault("translation", total)
+    return Made(metrics, time.perf_counter() - started, __version__, model_fingerprint())
 
 
 def _no_progress(done: int, total: int) -> None:
@@ -164,14 +169,25 @@ def make_runs(jobs: list[Job], db: ResultsDB, executor: Executor | None = None,
     return metrics, tally
 
 
+def planned(exp: Experiment, params: dict[str, Any], translation: bool = False) -> list[RunSpec]:
+    """The runs ``exp`` plans for ``params``; with ``translation``, every simulator run models
+    address translation (``[machine] translation = true``: runs of their own, apart from those without)."""
+    specs = exp.plan(params)
+    if not translation:
+        return specs
+    return [replace(spec, scenario=replace(spec.scenario, machine=replace(spec.scenario.machine, translation=True)))
+            if spec.backend == "sim" else spec for spec in specs]
+
+
 def run_experiment(exp: Experiment, params: dict[str, Any], db: ResultsDB, *, cost: CostModel | None = None,
-                   progress: bool | None = None, executor: Executor | None = None) -> tuple[Outcome, Tally]:
+                   progress: bool | None = None, executor: Executor | None = None,
+                   translation: bool = False) -> tuple[Outcome, Tally]:
     """Make every run ``exp`` plans for ``params`` that ``db`` does not hold yet (on ``executor``; default
     here, one after the other), storing each one as it finishes; then analyse them all.  ``progress``:
     True draws a bar, False shows nothing, None (the default) draws a bar on a terminal and prints a
-    line per finished run elsewhere."""
+    line per finished run elsewhere.  ``translation``: see :func:`planned`."""
     cost = cost or load_profile()
-    specs = exp.plan(params)
+    specs = planned(exp, params, translation)
     keys = {spec.label: run_key(exp, spec, cost) for spec in specs}
     record = db.start_experiment(exp.name, params, __version__, cost.name, keys)
     jobs = [Job(keys[spec.label], spec, exp, cost) for spec in specs]

@@ -15,7 +15,7 @@ from .lines import scan
 from .model import Machine, Scenario
 
 _MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp", "translation", "translation_cpu",
-                 "translation_slice"}
+                 "translation_slice", "translation_sample"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 
 
@@ -141,7 +141,7 @@ def parse_machine(data: Any, path: str, top: dict[str, int]) -> Machine:
                                 f"{', '.join(CPUS)}", path, top.get("machine.translation_cpu", line))
         out["translation_cpu"] = data["translation_cpu"]
     limits = {"cpus": (1, 4096), "aslr_bits": (0, 32), "seed": (0, (1 << 63) - 1), "levels": (4, 5),
-              "translation_slice": (1, 1 << 40)}
+              "translation_slice": (1, 1 << 40), "translation_sample": (1, 1 << 20)}
     for key, (lo, hi) in limits.items():
         if key in data:
             value = data[key]

@@ -71,6 +71,7 @@ class Machine:
     translation: bool = False  # model address translation of touches (TLBs, walks, caches)
     translation_cpu: str = "zen4"  # the CPU table (ptshare.translation.cpus)
     translation_slice: int = 4096  # accesses per scheduler time slice
+    translation_sample: int = 1  # beyond its first 2**20 accesses, a step simulates 1 access in this many
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,8 @@ def translation_options(machine, on: bool) -> dict | bool:
         return False
     from ..translation import get_cpu
 
-    return {"cpu": get_cpu(machine.translation_cpu), "slice": machine.translation_slice}
+    return {"cpu": get_cpu(machine.translation_cpu), "slice": machine.translation_slice,
+            "sample": machine.translation_sample}
 
 
 def create_objects(scenario: Scenario, system: System) -> None:

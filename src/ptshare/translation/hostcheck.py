@@ -14,9 +14,11 @@ The model's prediction for a configuration is the same chase run through the sim
 translation on (CPU table ``zen4-guest``: this machine, nested paging over 4 KiB host pages): the
 object mapped and faulted in, one warming pass over every page, then random reads; what it
 counts -- references served by L1d, L2, LLC and DRAM, L1 dTLB misses, walks -- priced per access.
-The prices of an LLC reference, a DRAM reference and a walk's fixed part are fitted (non-negative
-least squares) to the 2 MiB chases alone; every checked ratio involves 4 KiB pages, which the fit
-never saw, so the ratios are predictions.  The L1d, L2 and L2-TLB prices stay the table's.
+The CPU table's LLC capacity and its L1d, L2, LLC and DRAM prices are first calibrated in the
+same interleaved rounds by chases over every cache line of small regions (:mod:`.caches`: the
+LLC a guest can count on is what the other tenants leave it); a walk's fixed part is then fitted
+(non-negative least squares) to the 2 MiB chases alone.  Every checked ratio involves 4 KiB pages
+or several workers, which neither fit saw, so the ratios are predictions.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ class Config:
     huge: bool
     mode: str = "proc"  # proc | thread
     workers: int = 1
+    stride: int = 4096  # bytes between nodes: 4096, one per page; 64, every cache line
 
     @property
     def name(self) -> str:
+        if self.stride < 4096:
+            return f"{format_size(self.size)} every line"
         page = "2MiB" if self.huge else "4KiB"
         who = "" if self.workers == 1 else f" {self.workers} {self.mode}s"
         return f"{format_size(self.size)} {page}{who}"
@@ -107,7 +112,7 @@ def build(workdir: Path) -> Path:
 def run_chase(exe: Path, cfg: Config, accesses: int, seed: int) -> float:
     """One run: the median over its workers of ns per access."""
     done = subprocess.run([str(exe), str(cfg.size), str(int(cfg.huge)), cfg.mode, str(cfg.workers),
-                           str(accesses), str(seed)], capture_output=True, text=True, timeout=600)
+                           str(accesses), str(seed), str(cfg.stride)], capture_output=True, text=True, timeout=600)
     if done.returncode:
         raise ChaseError(f"the chase over {cfg.name} failed: {done.stderr.strip() or done.returncode}")
     values = [float(x) for x in done.stdout.split()]
@@ -195,7 +200,7 @@ def predict(cfg: Config, cpu=None, accesses: int = 1 << 17):
     return s.translation.take_step()
 
 
-FITTED = ("llc", "dram", "walk")
+FITTED = ("walk",)
 
 
 def per_access(fig) -> np.ndarray:
@@ -205,17 +210,18 @@ def per_access(fig) -> np.ndarray:
 
 def fit(cfgs: list[Config], counts: dict[Config, np.ndarray], times: dict[Config, list[float]],
         cpu) -> dict[str, float]:
-    """Latencies: the table's for L1d, L2 and the L2 TLB; LLC, DRAM and a walk's fixed part fitted
-    to the median ns of the 2 MiB chases."""
+    """Latencies: the CPU's (as the line chases calibrated them) for every reference and the L2
+    TLB; a walk's fixed part fitted to the median ns of the 2 MiB chases."""
     from ..calibrate.nnls import nnls
 
     lat = cpu.latency
     used = [c for c in cfgs if c.huge]
-    fixed = np.array([lat.l1, lat.l2, 0.0, 0.0, lat.tlb_l2, 0.0])
-    a = np.array([counts[c][[2, 3, 5]] for c in used])
+    fixed = np.array([lat.l1, lat.l2, lat.llc, lat.dram, lat.tlb_l2, 0.0])
+    a = np.array([counts[c][[5]] for c in used])
     b = np.array([statistics.median(times[c]) - counts[c] @ fixed for c in used])
-    x = nnls(a, b) if len(used) else np.array([lat.llc, lat.dram, lat.walk])
-    return {"l1": lat.l1, "l2": lat.l2, "tlb_l2": lat.tlb_l2, **dict(zip(FITTED, map(float, x), strict=True))}
+    x = nnls(a, b) if len(used) else np.array([lat.walk])
+    return {**{k: float(v) for k, v in lat.as_dict().items() if k not in FITTED},
+            **dict(zip(FITTED, map(float, x), strict=True))}
 
 
 def priced(count: np.ndarray, ns: dict[str, float]) -> float:
@@ -247,13 +253,14 @@ def cases(cfgs: list[Config], times: dict[Config, list[float]], predicted: dict[
     return out
 
 
-def report_json(found: list[Case], runs: int, cpu: str, ns: dict[str, float]) -> str:
+def report_json(found: list[Case], runs: int, cpu: str, ns: dict[str, float], hier) -> str:
     return json.dumps({"schema": SCHEMA, "cpu": cpu, "runs": runs, "tolerance": TOLERANCE,
                        "latency_ns": {k: round(v, 2) for k, v in ns.items()}, "fitted": list(FITTED),
+                       "calibrated": hier.to_json(),
                        "ok": all(c.ok for c in found), "cases": [c.to_json() for c in found]}, indent=1)
 
 
-def report_text(found: list[Case], runs: int, cpu: str, ns: dict[str, float]) -> str:
+def report_text(found: list[Case], runs: int, cpu: str, ns: dict[str, float], hier) -> str:
     from ..cli.render import table
 
     prices = ", ".join(f"{k} {v:.1f}" + (" (fitted)" if k in FITTED else "") for k, v in ns.items())
@@ -263,5 +270,6 @@ def report_text(found: list[Case], runs: int, cpu: str, ns: dict[str, float]) ->
             f"ratios must be within {TOLERANCE:.0%}")
     bad = sum(not c.ok for c in found)
     tail = "every ratio within tolerance" if not bad else f"{bad} ratio case(s) outside tolerance"
-    return "\n".join([head, f"ns per reference: {prices}",
+    return "\n".join([head, f"effective LLC (calibrated by the line chases): {format_size(hier.llc)}",
+                      f"ns per reference: {prices}",
                       table(["case", "kind", "model", "measured", "error", ""], rows, "llrrrl"), tail])

@@ -34,16 +34,17 @@ def prefix_count_below(values: np.ndarray, ends: np.ndarray, bounds: np.ndarray)
     if n == 0 or len(ends) == 0:
         return out
     vals = values.astype(np.int64) + 1  # >= 0
-    span = int(vals.max()) + 2
-    pos = np.arange(n, dtype=np.int64)
+    bits = (int(vals.max()) + 1).bit_length()  # a value and the bound above it fit in ``bits``
+    span, low = 1 << bits, np.int64((1 << bits) - 1)
+    tree = (np.arange(n, dtype=np.int64) << bits) | vals  # level 0: every block one value
     level = 0
     while (1 << level) <= n:
-        block = pos >> level
-        tree = np.sort(block * span + vals, kind="stable")  # sorted runs merge in linear time
+        if level:  # the blocks of the level below, each sorted, pair up: timsort merges the runs
+            tree = np.sort(((tree >> (bits + 1)) << bits) | (tree & low), kind="stable")
         use = ((ends >> level) & 1).astype(bool)
         if use.any():
             first = (ends[use] >> (level + 1)) << 1  # the block's index in units of 2**level
-            probe = first * span + np.minimum(bounds[use] + 1, span)
+            probe = (first << bits) + np.minimum(bounds[use] + 1, span)
             out[use] += np.searchsorted(tree, probe, side="left") - (first << level)
         level += 1
     return out

@@ -18,14 +18,25 @@ Models what the MMU and the cache hierarchy do with each access of a ``touch``:
   the other: consecutive steps of different processes run on different CPUs, as backends
   interleave on a server.  The L1d and L2 are per CPU, the LLC is shared.
 
-Each structure is fully associative LRU, computed exactly over every access with
+Each structure is fully associative LRU, computed exactly over every access it sees with
 :class:`LruStack`, except the LLC: its 512 Ki lines would make every step cost passes over them,
 so it sees a spatial sample of the lines (those whose hash falls in 1/``llc_sample`` of the range,
 as in SHARDS: C. A. Waldspurger et al., "Efficient MRC construction with SHARDS", FAST 2015), with
 its capacity scaled to match, and the LLC hits and misses it counts scaled back up.
-``tests/test_translation.py`` measures that error against the full simulation.  (Simulating only
-the first accesses of a long touch was tried and rejected: its figures are biased by the cold
-start of every step and by the LLC content the skipped accesses would have left.)
+
+A long step is simulated on a sample of its touches.  Within one step (a scenario step, all its
+repeats: a thousand backends' reads), the first ``exact`` accesses are simulated, and beyond them
+a touch is simulated only while the simulated accesses stay within 1/``sample`` of the step's;
+every other touch is given the figures per access of the touches of that step simulated so far
+(a ratio estimate), and still takes its turn on the CPUs and its ASID.  The touches of a step do
+the same kind of thing (that is what makes them one step), so the simulated ones stand for the
+rest; what a skipped touch would have left in the caches is missing for the next simulated one,
+whose state was left by an earlier touch of the same kind.  A step whose first touch alone is
+longer than the budget simulates that touch's last ``exact`` accesses and scales them: they
+leave the TLBs and caches much as the whole touch would (LRU state is made by the most recent
+references), but they start colder than they would after the rest (an over-estimate of misses
+when the touch reuses what it touched).  ``sample`` = 1 simulates everything.
+``tests/test_translation.py`` measures both samples' error against the full simulation.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ PAGE_MASK = (1 << PAGE_SHIFT) - 1
 SLICE = 4096
 LLC_SAMPLE = 16
 CHUNK_SLICES = 16
+EXACT = 1 << 20  # accesses of a step always simulated
+
 
 
 @dataclass
@@ -72,6 +85,9 @@ class Figures:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
+    def scaled(self, factor: float) -> Figures:
+        return Figures(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
+
     def to_json(self) -> dict[str, int]:
         out = {f.name: round(getattr(self, f.name)) for f in fields(self) if f.name != "served"}
         out.update(zip(("refs_l1", "refs_l2", "refs_llc", "refs_dram"), (round(x) for x in self.served), strict=True))
@@ -91,11 +107,17 @@ class _CpuState:
 class Translation:
     """The translation model of one :class:`ptshare.System`; fed by its touches and TLB flushes."""
 
-    def __init__(self, k: Kernel, cpu: Cpu = DEFAULT, *, slice: int = SLICE, llc_sample: int = LLC_SAMPLE) -> None:
+    def __init__(self, k: Kernel, cpu: Cpu = DEFAULT, *, slice: int = SLICE, llc_sample: int = LLC_SAMPLE,
+                 sample: int = 1, exact: int = EXACT) -> None:
         if slice < 1 or llc_sample < 1 or llc_sample & (llc_sample - 1):
             raise ValueError("slice must be >= 1 and llc_sample a power of two")
+        if sample < 1 or exact < 1:
+            raise ValueError("sample and exact must be >= 1")
         self.k, self.cpu = k, cpu
         self.slice, self.llc_rate = slice, llc_sample
+        self.sample, self.exact = sample, exact
+        self.seen = self.simulated = 0  # this step's accesses, and how many of them were simulated
+        self.pool = Figures()  # what the simulated ones counted
         self.cpus = [_CpuState(cpu) for _ in range(k.cpus)]
         self.llc = LruStack(max(1, cpu.lines(cpu.llc) // llc_sample))
         self.next_cpu = 0
@@ -143,17 +165,51 @@ class Translation:
         has just written their leaf entry, so the walk finds that line in the CPU's L1d.
         """
         n = len(acc)
-        out = Figures()
         if n == 0:
-            return out
-        addrs = acc.materialize()
-        step = CHUNK_SLICES * self.slice  # bounded batches; the stacks carry state across them
-        for lo in range(0, n, step):
-            part = None if fresh is None else fresh[lo:lo + step]
-            out.add(self._simulate(task.mm.id, task.mm, addrs[lo:lo + step], part))
+            return Figures()
+        m = self.plan(n)
+        self.seen += n
+        if m == n:
+            out = self._touch(task, acc.materialize(), fresh)
+        elif m:  # the step's first touch, longer than the budget: its end stands for it
+            self._schedule(task.mm.id, n - m)
+            out = self._touch(task, acc.materialize()[n - m:], fresh).scaled(n / m)
+        else:  # the figures per access of this step's simulated touches
+            self._schedule(task.mm.id, n)
+            out = self.pool.scaled(n / self.simulated)
         self.step.add(out)
         self.per_process.setdefault(task.name, Figures()).add(out)
         return out
+
+    def plan(self, n: int) -> int:
+        """How many of the next touch's ``n`` accesses will be simulated, counted from its end (the
+        rest are estimated): all, while the step stays within its budget; of the step's first
+        touch that is longer than the budget, its last ``budget``; of any later one, none."""
+        budget = max(self.exact, (self.seen + n) // self.sample)
+        if self.simulated + n <= budget:
+            return n
+        return budget if self.simulated == 0 else 0
+
+    def _touch(self, task: Task, addrs: np.ndarray, fresh: np.ndarray | None) -> Figures:
+        """Simulate the accesses ``addrs``, in bounded batches (the stacks carry state across them)."""
+        out = Figures()
+        step = CHUNK_SLICES * self.slice
+        for lo in range(0, len(addrs), step):
+            part = None if fresh is None else fresh[lo:lo + step]
+            out.add(self._simulate(task.mm.id, task.mm, addrs[lo:lo + step], part))
+        self.simulated += len(addrs)
+        self.pool.add(out)
+        return out
+
+    def _schedule(self, mm_id: int, n: int) -> int:
+        """The round-robin scheduler: slice q of ``n`` accesses goes to CPU first + q, each
+        switched to ``mm_id``.  Returns ``first``."""
+        ncpus, first = len(self.cpus), self.next_cpu
+        nslices = (n - 1) // self.slice + 1
+        for q in range(min(nslices, ncpus)):
+            self._switch_to((first + q) % ncpus, mm_id)
+        self.next_cpu = (first + nslices) % ncpus
+        return first
 
     def _simulate(self, mm_id: int, mm, addrs: np.ndarray, fresh: np.ndarray | None) -> Figures:
         k, cpu, lat = self.k, self.cpu, self.cpu.latency
@@ -165,11 +221,7 @@ class Translation:
         fig = Figures(accesses=n)
         if n == 0:
             return fig
-        # the scheduler: slice q of this run goes to CPU next_cpu + q
-        slices = np.arange(n) // self.slice
-        nslices = int(slices[-1]) + 1
-        cpu_of = (self.next_cpu + slices) % len(self.cpus)
-        self.next_cpu = (self.next_cpu + nslices) % len(self.cpus)
+        cpu_of = (self._schedule(mm_id, n) + np.arange(n) // self.slice) % len(self.cpus)
         shifts = np.array([lv.shift for lv in k.geom.levels], dtype=np.int64)
         tlb_shift = shifts[leaf] if not cpu.host_page else np.minimum(shifts[leaf], cpu.host_page.bit_length() - 1)
         pfn = translate(k, mm, addrs)
@@ -177,8 +229,6 @@ class Translation:
         gpa = (pfn << shifts[leaf]) + (addrs & ((1 << shifts[leaf]) - 1) & ~PAGE_MASK)
         data_key = mix(np.full(n, _DATA_ROOT, dtype=np.uint64), gpa >> PAGE_SHIFT)
         walk_level = np.full(n, -1, dtype=np.int64)  # the highest level a walk reads (-1: no walk)
-        for q in range(min(nslices, len(self.cpus))):
-            self._switch_to(int((self.next_cpu - nslices + q) % len(self.cpus)), mm_id)
         for c, st in enumerate(self.cpus):
             on = np.flatnonzero(cpu_of == c)
             if not len(on):
@@ -220,8 +270,13 @@ class Translation:
         Under nested paging (``cpu.host_page``) each guest entry is preceded by the host's leaf
         entry that translates the guest table's guest-physical page, and the walk ends with the
         host entry for the data's page: a two-dimensional walk whose host upper levels are taken
-        to hit the nested paging-structure caches.  Returns (keys, is_data, owning access, and the
-        level of each guest entry read, -1 for the data and host entries).
+        to hit the nested paging-structure caches.  The host maps guest-physical memory in order,
+        so a line of its entries serves 8 consecutive guest frames: the frames of a hugetlb folio
+        are consecutive, but the guest's page allocator hands out 4 KiB frames one at a time from
+        wherever they are free, so each 4 KiB data page's host entry is taken to be in a line of
+        its own (the simulator numbers frames in order, which no long-running guest does).
+        Returns (keys, is_data, owning access, and the level of each guest entry read, -1 for the
+        data and host entries).
         """
         nested = bool(self.cpu.host_page)
         nwalk = np.where(walk_level >= 0, walk_level - leaf + 1, 0)
@@ -237,8 +292,9 @@ class Translation:
             host_data = ~is_data & (step_in == nrefs[owner] - 1)
             guest = ~is_data & ~host_data & (step_in % 2 == 1)
             host_table = ~is_data & ~host_data & ~guest
-            keys[host_data] = mix(np.full(int(host_data.sum()), _HOST_ROOT, dtype=np.uint64),
-                                  gpa[owner[host_data]] >> host_shift)
+            of = owner[host_data]
+            keys[host_data] = mix(np.full(len(of), _HOST_ROOT, dtype=np.uint64),
+                                  gpa[of] >> np.where(leaf[of] == 0, PAGE_SHIFT, host_shift))
             ho = owner[host_table]
             hl = walk_level[ho] - step_in[host_table] // 2
             keys[host_table] = mix(mix(np.full(len(ho), _HOST_ROOT, dtype=np.uint64), 1), ident[hl, ho])
@@ -280,4 +336,6 @@ class Translation:
     def take_step(self) -> Figures:
         """The figures since the last call (one scenario step's)."""
         out, self.step = self.step, Figures()
+        self.seen = self.simulated = 0
+        self.pool = Figures()
         return out

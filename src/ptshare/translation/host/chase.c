@@ -1,11 +1,13 @@
 /* A dependent random pointer chase over a shared memory object: ns per access, per worker.
  *
- * usage: chase SIZE_BYTES HUGE MODE WORKERS ACCESSES SEED
+ * usage: chase SIZE_BYTES HUGE MODE WORKERS ACCESSES SEED [STRIDE]
  *   HUGE     0: 4 KiB pages (memfd), 1: 2 MiB hugetlb pages (memfd, MFD_HUGETLB)
  *   MODE     "proc": WORKERS forked processes, each with its own page tables over the object
  *            "thread": WORKERS threads of one process, one set of page tables
- * One node per page, at a pseudo-random cache line of it, linked in one random cycle, so every
- * access is a load whose address depends on the one before.  Each worker first walks the whole
+ *   STRIDE   bytes between nodes (default 4096): 4096 puts one node per page, at a pseudo-random
+ *            cache line of it; 64 puts one in every cache line (a data footprint of SIZE_BYTES)
+ * The nodes are linked in one random cycle, so every access is a load whose address depends on
+ * the one before.  Each worker first walks the whole
  * cycle once (its page tables and caches warm), then times ACCESSES loads with its own CPU time
  * (CLOCK_THREAD_CPUTIME_ID: time it was descheduled is not counted) and prints "ns_per_access".
  */
@@ -26,7 +28,7 @@
 
 static char *base;
 static uint64_t pages, accesses, start_stride;
-static size_t page_size;
+static size_t page_size;  /* the node stride */
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -43,7 +45,10 @@ static double now_ns(void)
 	return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-static uint64_t line_of(uint64_t page) { return (page * 0x9e3779b97f4a7c15ULL >> 58) * 64; }
+static uint64_t line_of(uint64_t page)
+{
+	return page_size > 64 ? (page * 0x9e3779b97f4a7c15ULL >> 58) * 64 % page_size : 0;
+}
 
 static double chase(uint64_t first)
 {
@@ -69,8 +74,8 @@ static void *thread_main(void *arg)
 
 int main(int argc, char **argv)
 {
-	if (argc != 7) {
-		fprintf(stderr, "usage: chase SIZE_BYTES HUGE proc|thread WORKERS ACCESSES SEED\n");
+	if (argc != 7 && argc != 8) {
+		fprintf(stderr, "usage: chase SIZE_BYTES HUGE proc|thread WORKERS ACCESSES SEED [STRIDE]\n");
 		return 2;
 	}
 	uint64_t size = strtoull(argv[1], NULL, 0);
@@ -79,7 +84,11 @@ int main(int argc, char **argv)
 	int workers = atoi(argv[4]);
 	accesses = strtoull(argv[5], NULL, 0);
 	uint64_t seed = strtoull(argv[6], NULL, 0);
-	page_size = 4096;
+	page_size = argc == 8 ? strtoull(argv[7], NULL, 0) : 4096;
+	if (page_size < 64 || page_size & (page_size - 1) || page_size > 4096) {
+		fprintf(stderr, "STRIDE must be a power of two from 64 to 4096\n");
+		return 2;
+	}
 	pages = size / page_size;
 	int fd = memfd_create("ptshare-chase", huge ? MFD_HUGETLB : 0);
 	if (fd < 0 || ftruncate(fd, size)) {
