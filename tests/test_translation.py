@@ -215,6 +215,12 @@ def test_machine_table_turns_it_on_and_cli_checks_it(tmp_path, capsys):
     path.write_text(body.replace("translation = true", "translation = 1"))
     assert main(["run", str(path)]) == 2
     assert "translation = 1 must be true or false" in capsys.readouterr().err
+    path.write_text(body.replace('"zen3"', '"zen3"\ntranslation_sample = 0'))
+    assert main(["run", str(path)]) == 2
+    assert "translation_sample = 0 must be a whole number from 1 to 1048576" in capsys.readouterr().err
+    path.write_text(body.replace('"zen3"', '"zen3"\ntranslation_sample = 4'))
+    assert main(["run", str(path), "--format", "json"]) == 0  # a 4,096-access step: within 2**20, all simulated
+    assert json.loads(capsys.readouterr().out)["steps"][-1]["translation"] == doc["steps"][-1]["translation"]
     assert main(["run", str(path).replace("t.toml", "x.toml"), "--backend", "host", "--translation"]) == 2
 
 

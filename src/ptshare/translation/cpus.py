@@ -99,7 +99,7 @@ GOLDEN_COVE = Cpu(
 # two-dimensional: each guest table page's and the data page's guest-physical address are
 # translated by the host's tables as well.  The L3 is shared with the host's other guests: the
 # LLC and the latencies are what `ptshare calibrate --translation` measured here on 2026-12-04
-# (the median of three runs: an effective LLC of 2.5, 2.75 and 4.75 MiB), and
+# (the median of five runs: an effective LLC of 2.5, 2.75, 2.75, 3.0 and 4.75 MiB), and
 # `ptshare validate --translation` measures them again before it predicts.
 ZEN4_GUEST = replace(ZEN4, name="zen4-guest", summary="AMD Zen 4 in a KVM guest, memory backed by 4 KiB host pages; "
                      "LLC and latencies as calibrated on this project's machines", host_page=4096,
