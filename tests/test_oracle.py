@@ -56,6 +56,9 @@ class Oracle(RuleBasedStateMachine):
                 results[p] = getattr(s, method)(*args, **kwargs)
             except SimulationError as exc:
                 results[p] = Refused(str(exc))
+            except Exception as exc:
+                exc.add_note(f"under policy {p!r}")
+                raise
         first = next(iter(results.values()))
         for p, r in results.items():
             if isinstance(first, int | type(None) | Refused):
