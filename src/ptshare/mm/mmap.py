@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..arch import PAGE_SHIFT, PAGE_SIZE
 from ..errors import MmError
 from .huge_memory import split_huge_pmd_address
-from .pagecache import FILE, SHMEM, AddressSpace
+from .pagecache import FILE, MSHARE_ALIGN, SHMEM, AddressSpace
 from .unmap import free_pgtables, zap_page_range
 from .vma import (
     VM_ACCOUNT,
@@ -95,6 +95,8 @@ def get_unmapped_area(k: Kernel, mm: MM, hint: int, length: int, pgoff: int, obj
         hint &= ~(PAGE_SIZE - 1)
         if obj is not None and obj.is_hugetlb:
             hint = -(-hint // k.geom.hpage_size) * k.geom.hpage_size
+        if obj is not None and obj.is_mshare:
+            hint = -(-hint // MSHARE_ALIGN) * MSHARE_ALIGN
         if _range_free(mm, hint, length):
             return hint
         if hint > mm.map_window:
@@ -102,6 +104,8 @@ def get_unmapped_area(k: Kernel, mm: MM, hint: int, length: int, pgoff: int, obj
     pmd = k.geom.pmd_size
     if obj is not None and obj.is_hugetlb:
         return vm_unmapped_area_topdown(mm, length, high, k.geom.hpage_size - 1, pgoff << PAGE_SHIFT)
+    if obj is not None and obj.is_mshare:  # msharefs_get_unmapped_area(): aligned to mshare_align
+        return vm_unmapped_area_topdown(mm, length, high, MSHARE_ALIGN - 1)
     thp_file = obj is not None and obj.kind == FILE
     thp_anon = obj is None and not shared and length % pmd == 0
     if (thp_file or thp_anon) and not hint:
@@ -127,6 +131,18 @@ def _thp_get_unmapped_area(mm: MM, length: int, off: int, size: int, high: int) 
     return ret + off_sub
 
 
+def check_mshare_mmap(obj: AddressSpace, length: int, offset: int, shared: bool, fixed_addr: int) -> None:
+    """The mshare series' rules for mapping an msharefs file (v3, ``msharefs_mmap`` and
+    ``msharefs_get_unmapped_area``): shared, whole, from offset 0, at a multiple of ``mshare_align``."""
+    if not shared:
+        raise MmError("EINVAL", "an mshare region is mapped MAP_SHARED only")
+    if offset or length != obj.region:
+        raise MmError("EINVAL", f"an mshare region is mapped whole: offset 0 and length {obj.region:#x} "
+                      f"(the region's size), not offset {offset:#x} and length {length:#x}")
+    if fixed_addr % MSHARE_ALIGN:
+        raise MmError("EINVAL", f"an mshare region's address must be a multiple of 512 GiB, not {fixed_addr:#x}")
+
+
 # --- VMA surgery --------------------------------------------------------------------------------
 
 def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
@@ -134,8 +150,10 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
 
     A table shared across the split point can no longer be shared by this mm (neither half
     covers it whole), so it lets go of it first (McCracken; hugetlb_split()); a huge PMD across it
-    is split.
+    is split.  An mshare region's VMA is never split (``mshare_vm_op_split()``: EINVAL).
     """
+    if vma.obj is not None and vma.obj.is_mshare:
+        raise MmError("EINVAL", "an mshare region's VMA cannot be split: it is unmapped, or advised, whole")
     unshare_around(k, mm, vma, addr)
     split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
     new = VMA(mm=mm, vm_start=addr, vm_end=vma.vm_end, vm_flags=vma.vm_flags,
@@ -251,6 +269,8 @@ def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpac
         length = -(-length // hp) * hp
         if offset % hp:
             raise MmError("EINVAL", f"hugetlb file offset {offset:#x} is not a multiple of 2 MiB")
+    if obj is not None and obj.is_mshare:
+        check_mshare_mmap(obj, length, offset, shared, addr if fixed else 0)
     length = -(-length // PAGE_SIZE) * PAGE_SIZE
     if length > mm.task_size:
         raise MmError("ENOMEM", f"length {length:#x} is larger than the address space")

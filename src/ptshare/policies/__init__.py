@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import Policy
 from .classic import Eager, Lazy, Linux, LinuxNoPmdShare
+from .mshare import Mshare
 from .odf import OnDemandFork
 from .sharedpt import SharedPT, SharedPT2005
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Eager, Lazy, Linux, SharedPT, SharedPT2005, LinuxNoPmdShare, OnDemandFork)}
+    cls.name: cls for cls in (Eager, Lazy, Linux, SharedPT, SharedPT2005, LinuxNoPmdShare, OnDemandFork, Mshare)}
 
 
 def get_policy(name: str) -> Policy:
