@@ -92,8 +92,9 @@ def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Acc
         _fault_pte_explicit(k, task, vma, pud_table, acc, write)
         return
     bases = _windows_touched(k, acc)
-    if acc.is_progression and not write and not vma.is_hugetlb:
-        bases = bases[~_windows_mapped(k, pud_table, bases)]
+    if acc.is_progression and not write:
+        if not vma.is_hugetlb:
+            bases = bases[~_windows_mapped(k, pud_table, bases)]
         bases = _fault_uniform_windows(k, task, vma, pud_table, bases, acc)
     if not len(bases):
         return
