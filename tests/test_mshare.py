@@ -193,3 +193,12 @@ def test_a_sweep_keeps_and_varies_the_region():
     assert with_values(sc, [(axis, "1TiB")]).objects[0].region == 2 * REGION
     size = resolve(sc, "objects.sga.size")
     assert with_values(sc, [(size, "4GiB")]).objects[0].region == REGION
+
+
+def test_processes_keep_the_pids_they_have_under_linux():
+    pids = {}
+    for policy in ("linux", "mshare"):
+        s, _a = _written_and_read(policy)
+        s.spawn("later")
+        pids[policy] = [s.process(name)["pid"] for name in ("p", "q", "later")]
+    assert pids["mshare"] == pids["linux"]  # the host mm is no process

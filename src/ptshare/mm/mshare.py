@@ -7,8 +7,7 @@ in the host (:attr:`Policy.host_levels`) is allocated there, entered in the host
 then linked into the faulting process, as into every later one.  The host is no process (it is
 kept by the region's object, not in the kernel's task list, and no report names it), but the
 invariant checker walks it as it walks any mm; its use of the tables keeps them while no process
-maps the region.  It exits when
-the region's file is unlinked (:func:`unlink_region`).
+maps the region.  It exits when the region's file is unlinked (:func:`unlink_region`).
 
 Differences: the series makes the host mm with the file, before any fault; here it is made at the
 region's first fault under a policy that keeps tables in it (the only difference is when its PGD
@@ -42,7 +41,7 @@ def host_of(k: Kernel, obj: AddressSpace) -> Task:
         flags = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE
         mm.insert_vma(VMA(mm=mm, vm_start=MSHARE_BASE, vm_end=MSHARE_BASE + obj.region, vm_flags=flags,
                           vm_pgoff=0, obj=obj))
-        obj.host = Task(pid=k.new_pid(), name=f"[mshare host {obj.name}]", mm=mm)
+        obj.host = Task(pid=0, name=f"[mshare host {obj.name}]", mm=mm)  # no pid: the processes' stay as under Linux
     return obj.host
 
 
