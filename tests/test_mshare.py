@@ -145,15 +145,17 @@ def test_the_region_rules_hold_under_every_policy(policy):
         lambda: s.mmap("p", REGION // 2, object="sga", shared=True),
         lambda: s.mmap("p", REGION - GiB, object="sga", offset=GiB, shared=True),
         lambda: s.mmap("p", object="sga", shared=False),
+        lambda: s.mmap("p", object="sga", shared=True, addr=BASE + REGION, fixed=True),  # twice in one process
         lambda: s.truncate("sga", 32 * MiB),
     ]
     for call in refused:
         with pytest.raises(SimulationError, match="EINVAL"):
             call()
+    s.madvise_dontneed("p", a, 2 * MiB)
+    assert s.mmap("p", object="sga", shared=True, addr=a, fixed=True) == a  # over itself: allowed
+    s.munmap("p", a, REGION)  # whole: allowed
     b = s.mmap("p", object="sga", shared=True)  # placed by msharefs_get_unmapped_area()
     assert b % REGION == 0
-    s.munmap("p", b, REGION)  # whole: allowed
-    s.madvise_dontneed("p", a, 2 * MiB)
 
 
 def test_an_object_needs_a_region_of_whole_512_gib_spans():

@@ -131,9 +131,11 @@ def _thp_get_unmapped_area(mm: MM, length: int, off: int, size: int, high: int) 
     return ret + off_sub
 
 
-def check_mshare_mmap(obj: AddressSpace, length: int, offset: int, shared: bool, fixed_addr: int) -> None:
+def check_mshare_mmap(mm: MM, obj: AddressSpace, length: int, offset: int, shared: bool, fixed_addr: int) -> None:
     """The mshare series' rules for mapping an msharefs file (v3, ``msharefs_mmap`` and
-    ``msharefs_get_unmapped_area``): shared, whole, from offset 0, at a multiple of ``mshare_align``."""
+    ``msharefs_get_unmapped_area``): shared, whole, from offset 0, at a multiple of ``mshare_align``.
+    And the model's own: a process maps a region once (v3 would link the same PUD table into it
+    twice; here an mm uses a shared table through one entry)."""
     if not shared:
         raise MmError("EINVAL", "an mshare region is mapped MAP_SHARED only")
     if offset or length != obj.region:
@@ -141,6 +143,10 @@ def check_mshare_mmap(obj: AddressSpace, length: int, offset: int, shared: bool,
                       f"(the region's size), not offset {offset:#x} and length {length:#x}")
     if fixed_addr % MSHARE_ALIGN:
         raise MmError("EINVAL", f"an mshare region's address must be a multiple of 512 GiB, not {fixed_addr:#x}")
+    replaced = (fixed_addr, fixed_addr + length) if fixed_addr else (0, 0)
+    if any(v.obj is obj and not (replaced[0] <= v.vm_start and v.vm_end <= replaced[1]) for v in mm.vmas):
+        raise MmError("EINVAL", f"this process maps mshare region {obj.name!r} already (the model maps a region "
+                      "once per process)")
 
 
 # --- VMA surgery --------------------------------------------------------------------------------
@@ -270,7 +276,7 @@ def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpac
         if offset % hp:
             raise MmError("EINVAL", f"hugetlb file offset {offset:#x} is not a multiple of 2 MiB")
     if obj is not None and obj.is_mshare:
-        check_mshare_mmap(obj, length, offset, shared, addr if fixed else 0)
+        check_mshare_mmap(mm, obj, length, offset, shared, addr if fixed else 0)
     length = -(-length // PAGE_SIZE) * PAGE_SIZE
     if length > mm.task_size:
         raise MmError("ENOMEM", f"length {length:#x} is larger than the address space")
