@@ -216,7 +216,14 @@ def test_worst_cases_claims(outcomes):
     assert f"{sig(sga[label('linux')])} GiB of page tables under Linux 6.18" in o.sentences[0]
     assert sga[label("shared-pt-2005")] < sga[label("shared-pt")] < sga[label("linux")]
     saved = huge[label("linux-no-pmd-share")] - huge[label("linux")]
-    assert saved > 0 and f"{sig(saved)} GiB saved" in o.sentences[2]
+    assert saved > 0 and f"{sig(saved)} GiB saved" in o.sentences[3]
+    # mshare: the host's tables once, and one fault per reader (the link) instead of its reads.
+    assert sga[label("mshare")] < sga[label("shared-pt-2005")]
+    assert f"mshare region (the series' v3), it needs {sig(sga[label('mshare')])} GiB" in o.sentences[2]
+    faults = {r[1]: r[3] for r in o.table.rows if r[0].startswith("sga")}
+    pages, processes = o.facts["sga_gib"] * (1 << 18), o.facts["sga_processes"]
+    assert faults["linux"] == pages + (processes - 1) * pages // 16  # fault-around: 16 pages a read fault
+    assert faults["mshare"] == pages + processes  # the writer's faults, and one link per process
     assert o.notes, "a scaled-down run says the published figures are for the full size"
 
 

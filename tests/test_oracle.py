@@ -32,7 +32,15 @@ class Refused:
     reason: str
 
 
-OBJECTS = {"shm": ("shmem", 8 * MiB), "file": ("file", 6 * MiB), "huge": ("hugetlb", 8 * MiB)}
+OBJECTS = {"shm": ("shmem", 8 * MiB), "file": ("file", 6 * MiB), "huge": ("hugetlb", 8 * MiB),
+           "region": ("mshare", 8 * MiB)}
+REGION = 512 << 30  # the region an mshare object of 8 MiB is placed in, mapped whole
+WINDOW = 10 * MiB  # what is touched and changed of a mapped region: its object and 2 MiB past its end
+
+
+def window(obj, addr, size):
+    """What the rules touch and change of a new mapping: all of it, or a window of a region."""
+    return (addr, WINDOW if obj == "region" else size, obj == "huge")
 
 
 class Oracle(RuleBasedStateMachine):
@@ -110,7 +118,7 @@ class Oracle(RuleBasedStateMachine):
         self.maps[name] = {}
 
     @precondition(lambda self: self.alive())
-    @rule(data=st.data(), kind=st.sampled_from(["anon", "anon-shared", "shm", "file", "huge"]),
+    @rule(data=st.data(), kind=st.sampled_from(["anon", "anon-shared", "shm", "file", "huge", "region"]),
           pages=st.integers(1, 1100), shared=st.booleans(), prot=st.sampled_from(["rw", "rw", "r"]))
     def mmap(self, data, kind, pages, shared, prot):
         name = data.draw(st.sampled_from(self.alive()))
@@ -119,6 +127,8 @@ class Oracle(RuleBasedStateMachine):
         if obj == "huge":
             size = (pages % 4 + 1) * 2 * MiB
             offset = 0
+        elif obj == "region":  # mapped whole, shared (a private mapping is refused: tried now and then)
+            size, offset, shared = REGION, 0, shared or pages % 8 != 0
         else:
             size = pages * PAGE
             limit = OBJECTS[obj][1] // PAGE - pages if obj else 0
@@ -128,7 +138,7 @@ class Oracle(RuleBasedStateMachine):
         if isinstance(addr, Refused):
             return
         self.ref.mmap(name, addr, size, obj=obj, offset=offset, shared=shared, prot=prot)
-        self.maps[name][f"m{self.n}"] = (addr, size, obj == "huge")
+        self.maps[name][f"m{self.n}"] = window(obj, addr, size)
         if obj is not None:
             self.objmaps.setdefault(name, {})[f"m{self.n}"] = (obj, offset, shared, prot, addr, size)
         self.n += 1
@@ -147,7 +157,7 @@ class Oracle(RuleBasedStateMachine):
         if isinstance(got, Refused):
             return
         self.ref.mmap(name, addr, size, obj=obj, offset=offset, shared=shared, prot=prot)
-        self.maps[name][f"m{self.n}"] = (addr, size, obj == "huge")
+        self.maps[name][f"m{self.n}"] = window(obj, addr, size)
         self.objmaps.setdefault(name, {})[f"m{self.n}"] = (obj, offset, shared, prot, addr, size)
         self.n += 1
 
@@ -209,6 +219,17 @@ class Oracle(RuleBasedStateMachine):
                 self.ref.mprotect(name, start, length, prot)
         elif not isinstance(self.each("madvise_dontneed", name, start, length), Refused):
             self.ref.madvise_dontneed(name, start, length)
+
+    @precondition(lambda self: any(h[0] == "region" for p in self.alive() for h in self.objmaps.get(p, {}).values()))
+    @rule(data=st.data())
+    def unmap_region(self, data):
+        """munmap of a whole mshare region (a part of one is refused: :meth:`change` tries that)."""
+        name = data.draw(st.sampled_from([p for p in self.alive()
+                                          if any(h[0] == "region" for h in self.objmaps.get(p, {}).values())]))
+        handles = sorted(h for h, m in self.objmaps[name].items() if m[0] == "region")
+        addr = self.objmaps[name][data.draw(st.sampled_from(handles))][4]
+        if not isinstance(self.each("munmap", name, addr, REGION), Refused):
+            self.ref.munmap(name, addr, REGION)
 
     @precondition(has_maps)
     @rule(data=st.data(), huge=st.booleans())

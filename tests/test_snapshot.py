@@ -392,3 +392,26 @@ def test_whatif_damaged_field_one_line_exit_2(own_snapshot, tmp_path, capsys):
     assert main(["whatif", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"ptshare: {path} is damaged: process ") and "perms ''" in err
+
+
+def test_whatif_mshare_places_shared_shmem_in_regions():
+    """Under mshare, shmem that several processes map shared is assumed to be in an mshare region of
+    its own: the host's tables once, no process's VmPTE, and a new attacher takes one fault."""
+    seg = ObjectSnap("00:01", 1, "/dev/shm/seg", "shmem", GIB)
+    # Four processes map the segment (at different addresses: the region ignores them); the first
+    # has written it, the others read part of it.
+    procs = [_proc(200 + n, [_vma(0x7F0000000000 - n * GIB, GIB, "rw-s", kind="shmem", obj=0,
+                                  written=PageSet.empty(GIB >> 12),
+                                  present=PageSet.from_runs(GIB >> 12, [0], [(GIB >> 12) // (n + 1)]))], 2060)
+             for n in range(4)]
+    doc = whatif(_snapshot(procs, [seg]), ["linux", "mshare"], load_profile())
+    linux, mshare = doc["system"]["policies"]["linux"], doc["system"]["policies"]["mshare"]
+    # Linux: each process its own 512 PTE tables (or fewer), a PMD and a PUD table.
+    assert linux["vmpte_total_kb"] == 4 * sum(-(-512 // (n + 1)) + 2 for n in range(4))
+    assert mshare["vmpte_total_kb"] == 0
+    # mshare: four PGDs, and the host's PGD, PUD, PMD and 512 PTE tables.
+    assert mshare["pagetables_kb"] == 4 * (4 + 1 + 1 + 1 + 512)
+    assert doc["system"]["savings"]["mshare"]["pagetables_kb"] == linux["pagetables_kb"] - mshare["pagetables_kb"]
+    for pid in ("200", "203"):
+        assert doc["processes"][pid]["policies"]["mshare"]["warmup"]["faults"] == 1  # the link
+        assert doc["processes"][pid]["policies"]["linux"]["warmup"]["faults"] > 1

@@ -26,6 +26,7 @@ from .mm import fork as _fork
 from .mm import mmap as _mmap
 from .mm import mprotect as _mprotect
 from .mm import mremap as _mremap
+from .mm import mshare as _mshare
 from .mm import ptshare as _ptshare
 from .mm import truncate as _truncate
 from .mm.access import Accesses
@@ -34,7 +35,7 @@ from .mm.huge_memory import THP_MODES
 from .mm.kernel import Kernel
 from .mm.memory import handle_mm_fault_range
 from .mm.mm_struct import Task
-from .mm.pagecache import HUGETLB, KINDS, AddressSpace
+from .mm.pagecache import HUGETLB, KINDS, MSHARE, MSHARE_ALIGN, AddressSpace
 from .mm.vma import VM_READ, VM_WRITE, prot_to_flags
 from .policies import get_policy
 from .policies.base import Policy
@@ -144,8 +145,10 @@ class System:
 
     # --- objects ---------------------------------------------------------------------------------
 
-    def create_object(self, name: str, kind: str, size: int | str) -> None:
-        """A named shmem segment (``/dev/shm`` file, SysV segment), regular file or hugetlbfs file."""
+    def create_object(self, name: str, kind: str, size: int | str, *, region: int | str | None = None) -> None:
+        """A named shmem segment (``/dev/shm`` file, SysV segment), regular file, hugetlbfs file or mshare
+        region (an msharefs file of ``region`` bytes -- by default the smallest multiple of 512 GiB that
+        holds ``size`` -- with ``size`` bytes of shared anonymous memory placed at its start)."""
         if name in self._objects:
             raise SimulationError(f"an object named {name!r} already exists")
         if kind not in KINDS:
@@ -154,7 +157,15 @@ class System:
         page = self.k.geom.hpage_size if kind == HUGETLB else PAGE_SIZE
         if kind == HUGETLB and nbytes % page:
             raise SimulationError(f"hugetlb object {name!r}: size must be a multiple of 2 MiB, not {nbytes}")
-        obj = AddressSpace(id=self.k.new_object_id(), name=name, kind=kind, size=nbytes, page_size=page)
+        if region is not None and kind != MSHARE:
+            raise SimulationError(f"object {name!r}: only an mshare object has a region")
+        span = 0
+        if kind == MSHARE:
+            span = -(-nbytes // MSHARE_ALIGN) * MSHARE_ALIGN if region is None else _size(region, "region")
+            if span % MSHARE_ALIGN or span < nbytes:
+                raise SimulationError(f"mshare object {name!r}: EINVAL: its region must be a multiple of 512 GiB "
+                                      f"that holds its {nbytes} bytes, not {span}")
+        obj = AddressSpace(id=self.k.new_object_id(), name=name, kind=kind, size=nbytes, page_size=page, region=span)
         self.k.objects[obj.id] = obj
         self._objects[name] = obj
 
@@ -210,7 +221,7 @@ class System:
         if size is None:
             if obj is None:
                 raise SimulationError("anonymous mmap needs a size")
-            length = obj.size - off
+            length = (obj.region or obj.size) - off  # an mshare region is mapped whole
         else:
             length = _size(size, "size")
         if length <= 0:
@@ -396,7 +407,7 @@ class System:
         anon, file, shmem, anon_huge = rss_pages(k, task.mm, memo)
         out = {
             "minflt": task.minflt,
-            "vmpte_kb": _ptshare.vmpte_tables(k, task.mm) * TABLE_BYTES // 1024,
+            "vmpte_kb": (_ptshare.vmpte_tables(k, task.mm) - _ptshare.host_tables(k, task.mm)) * TABLE_BYTES // 1024,
             "rss_kb": (anon + file + shmem) * PAGE_SIZE // 1024,
             "alive": True,
             "pid": task.pid,
@@ -450,6 +461,7 @@ class System:
     def drop_objects(self) -> None:
         """Unlink every named object: frees its page cache once nothing maps it."""
         for obj in list(self._objects.values()):
+            _mshare.unlink_region(self.k, obj)
             if obj.i_mmap:
                 raise SimulationError(f"object {obj.name!r} is still mapped")
             pfns = obj.cached_frames()

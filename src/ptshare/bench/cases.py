@@ -86,6 +86,22 @@ def sga(scale: float) -> Scenario:
     return sc
 
 
+def sga_mshare(scale: float) -> Scenario:
+    """:func:`sga` with the segment in an mshare region (512 GiB, mapped whole at one address):
+    under every policy but ``mshare`` the object is shmem and the run is :func:`sga`'s."""
+    size = _size(300 * GiB * scale, 2 << 20)
+    procs = max(2, int(1500 * scale ** 0.5))
+    sc = Scenario("sga-300g-mshare", f"a {int(size) >> 30} GiB segment placed in a 512 GiB mshare region, written "
+                  f"once, {procs} processes (spawned, mapping the region at one address) each reading all of it",
+                  Machine(aslr_bits=28))
+    sc.object("sga", "mshare", size, region=512 * GiB)
+    sc.step("spawn", pid="db{i}", repeat=procs)
+    sc.step("mmap", pid="db{i}", vma="sga", object="sga", shared=True, addr=SGA_BASE, fixed=True, repeat=procs)
+    sc.step("touch", pid="db0", vma="sga", access="write", length=size)
+    sc.step("touch", pid="db{i}", vma="sga", length=size, repeat=procs)
+    return sc
+
+
 def hugetlb_1t(scale: float) -> Scenario:
     size = _size(TiB * scale, 2 << 20)
     procs = max(2, int(10_000 * scale ** 0.5))
@@ -127,6 +143,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
          ("linux", "shared-pt"), pgbench(1000, translation=True)),
     Case("sga-300g", "300 GiB shmem, 1,500 processes attaching it at one address and reading all of it",
          ("linux", "shared-pt", "shared-pt-2005"), sga, target_s=10.0, target_gib=2.0),
+    Case("sga-300g-mshare", "sga-300g with the segment in a 512 GiB mshare region", ("linux", "mshare"), sga_mshare,
+         target_s=10.0, target_gib=2.0),
     Case("hugetlb-1t", "1 TiB hugetlb, 10,000 processes; with and without PMD sharing",
          ("linux", "linux-no-pmd-share"), hugetlb_1t, target_s=5.0, target_gib=4.0),
 ]}

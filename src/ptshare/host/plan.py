@@ -77,6 +77,10 @@ def host_scenario(scenario: Scenario) -> Scenario:
     if scenario.machine.levels != 4:
         raise ScenarioError("this host has 4-level page tables; remove [machine] levels = 5 to run it here",
                             scenario.path)
+    for obj in scenario.objects:
+        if obj.kind == "mshare":
+            raise ScenarioError(f"object {obj.name!r}: this host's kernel has no msharefs (mshare is a patch series "
+                                "that was never merged); run the scenario on the simulator", scenario.path, obj.line)
     machine = dataclasses.replace(scenario.machine, mmap_base=base, aslr_bits=0)
     return dataclasses.replace(scenario, machine=machine)
 

@@ -64,6 +64,8 @@ def handle_mm_fault_range(k: Kernel, task: Task, vma: VMA, acc: Accesses, write:
     pud_span_shift = k.geom.pud.span.bit_length() - 1
     for lo, hi in spans_touched(acc, pud_span_shift):
         for pud in walk(k, task.mm, lo, hi, PUD, alloc=True, vma=vma):
+            if pud.linked:  # find_shared_vma() linked the host's table and returned VM_FAULT_NOPAGE
+                _count_faults(k, task, 1)
             sub = acc.within(pud.start, pud.end)
             if len(sub):
                 _fault_pud_table(k, task, vma, pud, sub, write)
@@ -93,6 +95,8 @@ def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Acc
         return
     bases = _windows_touched(k, acc)
     if acc.is_progression and not write:
+        if not vma.is_hugetlb:
+            bases = bases[~_windows_mapped(k, pud_table, bases)]
         bases = _fault_uniform_windows(k, task, vma, pud_table, bases, acc)
     if not len(bases):
         return
@@ -100,6 +104,23 @@ def _fault_pud_table(k: Kernel, task: Task, vma: VMA, pud_table: Table, acc: Acc
         _count_faults(k, task, hugetlb_fault_regions(k, task, vma, pud_table, bases, acc, write))
     else:
         _fault_pte_windows(k, task, vma, pud_table, bases, acc, write)
+
+
+def _windows_mapped(k: Kernel, pud_table: Table, bases: np.ndarray) -> np.ndarray:
+    """Which 1 GiB windows at ``bases`` have every page present: 512 PTE tables each with all 512
+    entries present, where no read can fault (a populated region read through a shared table).
+    A window with a shared PTE table or a huge PMD is left to the fault path."""
+    entries = k.stores[PUD].entries[pud_table.cid, (bases >> k.geom.pud.shift) & (PTRS_PER_TABLE - 1)]
+    _sid, pmd_cids = entry_tables(k, entries)
+    out = np.zeros(len(bases), dtype=bool)
+    rows = np.flatnonzero(pmd_cids)
+    if not len(rows):
+        return out
+    pmds = k.stores[PMD].entries[pmd_cids[rows]]
+    tables = entry_tag(pmds) == E_TABLE  # a shared PTE table is looked at by the fault path
+    full = k.stores[PTE].full[np.where(tables, entry_value(pmds), 0)] != 0
+    out[rows] = (full & tables).all(axis=1)
+    return out
 
 
 def _cached_whole(vma: VMA, lo: int, hi: int) -> bool:
@@ -454,13 +475,13 @@ def _uniform_spans(k: Kernel, vma: VMA, spans: _Spans, old: np.ndarray, acc: Acc
     if not _cached_whole(vma, lo, hi):
         return []
     rows = np.flatnonzero(whole)
-    keys, inverse = np.unique(old[rows], return_inverse=True)
-    out = []
-    for g in range(len(keys)):
-        members = rows[inverse == g]
-        if len(members) > 1:
-            out.append(members)
-    return out
+    _keys, inverse = np.unique(old[rows], return_inverse=True)
+    counts = np.bincount(inverse)
+    if not (counts > 1).any():  # every table different (each maps other pages): nothing to share
+        return []
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(rows[order], np.cumsum(counts)[:-1])
+    return [members for members in groups if len(members) > 1]
 
 
 def _fault_spans(k: Kernel, task: Task, vma: VMA, win: _Windows, spans: _Spans, accs: _Touches,

@@ -21,7 +21,7 @@ from ..arch import PAGE_SHIFT, PAGE_SIZE
 from ..errors import MmError
 from .huge_memory import split_huge_pmd_address
 from .mm_struct import FreeAreaCache, _vm_end
-from .pagecache import FILE, SHMEM, AddressSpace
+from .pagecache import FILE, MSHARE_ALIGN, SHMEM, AddressSpace
 from .unmap import free_pgtables, zap_page_range
 from .vma import (
     VM_ACCOUNT,
@@ -114,6 +114,8 @@ def get_unmapped_area(k: Kernel, mm: MM, hint: int, length: int, pgoff: int, obj
         hint &= ~(PAGE_SIZE - 1)
         if obj is not None and obj.is_hugetlb:
             hint = -(-hint // k.geom.hpage_size) * k.geom.hpage_size
+        if obj is not None and obj.is_mshare:
+            hint = -(-hint // MSHARE_ALIGN) * MSHARE_ALIGN
         if _range_free(mm, hint, length):
             return hint
         if hint > mm.map_window:
@@ -121,6 +123,8 @@ def get_unmapped_area(k: Kernel, mm: MM, hint: int, length: int, pgoff: int, obj
     pmd = k.geom.pmd_size
     if obj is not None and obj.is_hugetlb:
         return vm_unmapped_area_topdown(mm, length, high, k.geom.hpage_size - 1, pgoff << PAGE_SHIFT)
+    if obj is not None and obj.is_mshare:  # msharefs_get_unmapped_area(): aligned to mshare_align
+        return vm_unmapped_area_topdown(mm, length, high, MSHARE_ALIGN - 1)
     thp_file = obj is not None and obj.kind == FILE
     thp_anon = obj is None and not shared and length % pmd == 0
     if (thp_file or thp_anon) and not hint:
@@ -146,6 +150,24 @@ def _thp_get_unmapped_area(mm: MM, length: int, off: int, size: int, high: int) 
     return ret + off_sub
 
 
+def check_mshare_mmap(mm: MM, obj: AddressSpace, length: int, offset: int, shared: bool, fixed_addr: int) -> None:
+    """The mshare series' rules for mapping an msharefs file (v3, ``msharefs_mmap`` and
+    ``msharefs_get_unmapped_area``): shared, whole, from offset 0, at a multiple of ``mshare_align``.
+    And the model's own: a process maps a region once (v3 would link the same PUD table into it
+    twice; here an mm uses a shared table through one entry)."""
+    if not shared:
+        raise MmError("EINVAL", "an mshare region is mapped MAP_SHARED only")
+    if offset or length != obj.region:
+        raise MmError("EINVAL", f"an mshare region is mapped whole: offset 0 and length {obj.region:#x} "
+                      f"(the region's size), not offset {offset:#x} and length {length:#x}")
+    if fixed_addr % MSHARE_ALIGN:
+        raise MmError("EINVAL", f"an mshare region's address must be a multiple of 512 GiB, not {fixed_addr:#x}")
+    replaced = (fixed_addr, fixed_addr + length) if fixed_addr else (0, 0)
+    if any(v.obj is obj and not (replaced[0] <= v.vm_start and v.vm_end <= replaced[1]) for v in mm.vmas):
+        raise MmError("EINVAL", f"this process maps mshare region {obj.name!r} already (the model maps a region "
+                      "once per process)")
+
+
 # --- VMA surgery --------------------------------------------------------------------------------
 
 def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
@@ -154,10 +176,13 @@ def split_vma(k: Kernel, mm: MM, vma: VMA, addr: int) -> VMA:
     A table shared across the split point can no longer be shared by this mm (neither half
     covers it whole), so it lets go of it first (McCracken; hugetlb_split()); a huge PMD across it
     is split.  Where a half's share key changed, partners no longer find the tables through this
-    mm (:func:`ptshare.mm.unshare.withdraw_rekeyed`).
+    mm (:func:`ptshare.mm.unshare.withdraw_rekeyed`).  An mshare region's VMA is never split
+    (``mshare_vm_op_split()``: EINVAL).
     """
     from .unshare import withdraw_rekeyed
 
+    if vma.obj is not None and vma.obj.is_mshare:
+        raise MmError("EINVAL", "an mshare region's VMA cannot be split: it is unmapped, or advised, whole")
     unshare_around(k, mm, vma, addr)
     split_huge_pmd_address(k, mm, addr)  # vma_adjust_trans_huge()
     old_keys = [k.policy.share_key(lvl, vma) for lvl in range(3)]
@@ -280,6 +305,8 @@ def do_mmap(k: Kernel, mm: MM, length: int, prot_flags: int, *, obj: AddressSpac
         length = -(-length // hp) * hp
         if offset % hp:
             raise MmError("EINVAL", f"hugetlb file offset {offset:#x} is not a multiple of 2 MiB")
+    if obj is not None and obj.is_mshare:
+        check_mshare_mmap(mm, obj, length, offset, shared, addr if fixed else 0)
     length = -(-length // PAGE_SIZE) * PAGE_SIZE
     if length > mm.task_size:
         raise MmError("ENOMEM", f"length {length:#x} is larger than the address space")

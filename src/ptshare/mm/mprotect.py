@@ -65,7 +65,11 @@ def _covering(k: Kernel, mm: MM, start: int, end: int, what: str) -> list[VMA]:
 def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot_flags: int) -> None:
     """Models do_mprotect_pkey(): split the VMAs at the ends, change flags and PTEs, merge back."""
     end = start + -(-length // PAGE_SIZE) * PAGE_SIZE
-    for vma in _covering(k, mm, start, end, "mprotect"):
+    vmas = _covering(k, mm, start, end, "mprotect")
+    if any(vma.obj is not None and vma.obj.is_mshare for vma in vmas):  # mshare_vm_op_mprotect()
+        raise MmError("EINVAL", "mprotect of an mshare region is refused (its mappings are changed for every "
+                      "process through the region's file)")
+    for vma in vmas:
         newflags = (vma.vm_flags & ~VM_ACCESS_FLAGS) | prot_flags
         if newflags != vma.vm_flags:
             mprotect_fixup(k, mm, _split_to(k, mm, vma, start, end), newflags)

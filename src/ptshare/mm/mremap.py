@@ -62,6 +62,8 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_size: int, new_size: int, new_ad
     vma = mm.vma_lookup(addr)
     if vma is None or addr + old_size > vma.vm_end:
         raise MmError("EFAULT", f"mremap range {addr:#x}+{old_size:#x} is not inside one mapping")
+    if vma.obj is not None and vma.obj.is_mshare:
+        raise MmError("EINVAL", "mremap of an mshare region is refused (its VMA cannot be split or moved)")
     if vma.is_hugetlb:
         hp = k.geom.hpage_size
         if addr % hp or old_size % hp or new_size % hp or (new_addr is not None and new_addr % hp):

@@ -1,6 +1,7 @@
 """Backing objects: shmem/tmpfs (SysV segments, ``/dev/shm`` files, shared anonymous memory),
-regular files, and hugetlbfs files.  Models ``struct inode`` + ``struct address_space``: a page
-cache (file index -> frame, the xarray in ``i_pages``) and ``i_mmap``, the VMAs mapping the object.
+regular files, hugetlbfs files, and mshare objects (shmem in an msharefs region).  Models ``struct
+inode`` + ``struct address_space``: a page cache (file index -> frame, the xarray in ``i_pages``)
+and ``i_mmap``, the VMAs mapping the object.
 
 Anonymous private memory has no object: its pages belong to the VMA's ``anon_vma``.
 """
@@ -15,12 +16,17 @@ import numpy as np
 from .frames import PG_CACHE, PG_HUGE
 
 if TYPE_CHECKING:
+    from .mm_struct import Task
     from .vma import VMA
 
 SHMEM = "shmem"
 FILE = "file"
 HUGETLB = "hugetlb"
-KINDS = (SHMEM, FILE, HUGETLB)
+MSHARE = "mshare"
+KINDS = (SHMEM, FILE, HUGETLB, MSHARE)
+MSHARE_ALIGN = 512 << 30
+"""``mshare_align`` of the mshare series (v3): ``P4D_SIZE``, the span of one PUD table on x86-64.  A
+region's start and size are multiples of it."""
 
 
 def file_stamp(object_id: int, index: np.ndarray) -> np.ndarray:
@@ -42,6 +48,8 @@ class AddressSpace:
     i_mmap: set[VMA] = field(default_factory=set, repr=False)
     nr_cached: int = 0
     data_pages: int = -1  # pages that hold file data on disk; truncation cuts it, growth adds holes
+    region: int = 0  # an mshare object's region: the msharefs file's size, a multiple of MSHARE_ALIGN
+    host: Task | None = field(default=None, repr=False)  # an mshare region's host mm (mm/mshare.py)
 
     def __post_init__(self) -> None:
         if self.pages is None:
@@ -61,7 +69,17 @@ class AddressSpace:
 
     @property
     def is_shmem(self) -> bool:
-        return self.kind == SHMEM
+        """shmem pages: a shmem object's, and an mshare region's, which holds one shared anonymous
+        mapping (``MAP_SHARED | MAP_ANONYMOUS``, placed by ``MSHAREFS_CREATE_MAPPING``) covering it."""
+        return self.kind in (SHMEM, MSHARE)
+
+    @property
+    def is_mshare(self) -> bool:
+        """An mshare object: shmem placed at the start of an msharefs file of ``region`` bytes (by
+        ``MSHAREFS_CREATE_MAPPING``), which is mapped whole, at a multiple of :data:`MSHARE_ALIGN`, never split or
+        mprotected (``mshare_vm_op_split``/``mshare_vm_op_mprotect`` return ``-EINVAL``).  These are the
+        file's own rules, so they hold under every policy; only the ``mshare`` policy shares its tables."""
+        return self.kind == MSHARE
 
     @property
     def writenotify(self) -> bool:

@@ -64,6 +64,7 @@ class Table:
     end: int
     dir_cid: int
     index: int
+    linked: bool = False  # a host mm's table (mshare) linked into the mm by this walk: a fault of its own
 
 
 def walk(k: Kernel, mm: MM, start: int, end: int, lvl: int, *, write: bool = True, alloc: bool = False,
@@ -174,11 +175,12 @@ def _alloc_dir(k: Kernel, mm: MM, vma: VMA | None, parent: Table, i: int, start:
     clvl = parent.lvl - 1
     base = start & ~(k.geom.levels[clvl].span - 1)
     if vma is not None and not parent.box:
-        sids, _attached = ptshare.share_alloc(k, mm, vma, clvl, np.array([base], dtype=np.int64))
+        sids, attached = ptshare.share_alloc(k, mm, vma, clvl, np.array([base], dtype=np.int64))
         sid = int(sids[0])
         if sid:
             k.stores[parent.lvl].entries[parent.cid, i] = ptshare.mk_shared_entry(k, sid)
-            return Table(clvl, k.shared.cow_content(sid), sid, sid, start, end, parent.cid, i)
+            linked = bool(attached[0]) and clvl in k.policy.host_levels
+            return Table(clvl, k.shared.cow_content(sid), sid, sid, start, end, parent.cid, i, linked)
     cid = k.stores[clvl].new()
     k.stores[parent.lvl].entries[parent.cid, i] = mk_table(cid)
     account_alloc(k, mm, clvl, 1, parent.box)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..arch import mk_shared
 from ..errors import InternalError
+from . import mshare
 from .frames import PG_EXCLUSIVE, ZERO_PFN
 from .pagewalk import PMD, PTE, account_alloc, account_free, account_mm
 from .pgtable import COPY, COW, COW_COUNTED, DROP
@@ -109,7 +110,8 @@ def share_alloc(k: Kernel, mm: MM, vma: VMA, lvl: int, bases: np.ndarray) -> tup
 
     Returns ``(sids, attached)``: the shared table of each span (0 where the span's table is to be
     an ordinary one) and whether it is a partner's (``huge_pmd_share``, ``pt_share_pte``) rather
-    than new.  Only a span the VMA covers whole may share.
+    than new -- or, at a level the policy keeps in a host mm (mshare), the host's, linked into
+    ``mm`` whether the fault found it or made it.  Only a span the VMA covers whole may share.
     """
     n = len(bases)
     sids = np.zeros(n, dtype=np.int64)
@@ -135,10 +137,15 @@ def share_alloc(k: Kernel, mm: MM, vma: VMA, lvl: int, bases: np.ndarray) -> tup
         else:
             cids = np.array([k.stores[lvl].new() for _ in range(len(todo))], dtype=np.int64)
         mode = COPY if k.policy.unshare_mode == "copy" and lvl == PTE else DROP
-        new = k.shared.new(lvl, cids, mm.id, mode)
-        account_alloc(k, mm, lvl, len(todo))
-        if lvl > PTE:
-            mm.boxes.update(new.tolist())
+        if lvl in k.policy.host_levels:  # the host mm's (mshare): allocated there, then linked
+            new = mshare.host_alloc(k, vma, lvl, bases[todo], cids, mode)
+            attach(k, mm, lvl, new)
+            attached[todo] = True
+        else:
+            new = k.shared.new(lvl, cids, mm.id, mode)
+            account_alloc(k, mm, lvl, len(todo))
+            if lvl > PTE:
+                mm.boxes.update(new.tolist())
         sids[todo] = new
         _register(k, where, slots[~hit], new)
     return sids, attached
@@ -312,3 +319,14 @@ def vmpte_tables(k: Kernel, mm: MM) -> int:
     boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
     inside = int(k.shared.children[boxes].sum())
     return mm.nr_ptes + mm.nr_pmds + mm.nr_puds + inside
+
+
+def host_tables(k: Kernel, mm: MM) -> int:
+    """Tables ``mm`` uses that a host mm holds (:attr:`Policy.host_levels`, mshare): the shared tables
+    of those levels it uses and the tables inside them.  Its VmPTE leaves them out."""
+    levels = k.policy.host_levels
+    if not levels or not mm.boxes:
+        return 0
+    boxes = np.fromiter(mm.boxes, dtype=np.int64, count=len(mm.boxes))
+    held = boxes[np.isin(k.shared.level[boxes], levels)]
+    return len(held) + int(k.shared.children[held].sum())

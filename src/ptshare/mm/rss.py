@@ -4,8 +4,9 @@
 Linux keeps these as counters updated by every fault and zap; here they are counted from the
 tables when asked, which gives the same numbers for the policies Linux has and a well-defined
 one for shared tables: a page mapped through a table an mm uses is in that mm's RSS, whoever
-faulted it in.  The zero pages (4 KiB and huge) and hugetlb pages are not counted, as in Linux; a transparent huge
-page mapped by a PMD counts as its 512 pages.
+faulted it in -- except in a table a host mm holds (mshare), whose faults the series counts in
+the host's RSS, none of the processes'.  The zero pages (4 KiB and huge) and hugetlb pages are not
+counted, as in Linux; a transparent huge page mapped by a PMD counts as its 512 pages.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def _count_vma(k: Kernel, mm: MM, vma: VMA, memo: dict) -> tuple[int, int, int]:
     the pages of those that huge PMDs map."""
     implicit = explicit = huge = 0
     span = k.geom.pmd.span
+    host = k.policy.host_levels
     for pud in walk(k, mm, vma.vm_start, vma.vm_end, PUD, write=False):
+        if pud.sid and PUD in host:
+            continue  # a host mm's table (mshare): its faults count in the host's RSS
         # The PMD tables of one PUD table looked up at once, shared or not (a walk to the PMD level
         # would visit them one by one, and this runs for every VMA of every process reported).
         i0, i1, bases = span_slices(k, PUD, pud.start, pud.end)

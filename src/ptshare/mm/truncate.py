@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 
 def do_truncate(k: Kernel, obj: AddressSpace, size: int) -> None:
+    if obj.is_mshare and size != obj.size:
+        raise ValueError(f"EINVAL: an mshare object's size is set once, when it is placed in its region ({obj.size} "
+                         "bytes)")
     if size % (obj.page_size if obj.is_hugetlb else 1):
         raise ValueError(f"hugetlb files are truncated in whole 2 MiB pages, not to {size} bytes")
     old_pages = obj.nr_pages

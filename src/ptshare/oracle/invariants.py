@@ -19,6 +19,9 @@ Checked:
   table shared copy-on-write sits only in copy-on-write mappings; only copy-on-write tables hold
   explicit frames, and their pages are counted once per table, not per user -- except a table whose
   pages fork counted for every user (cow-pt), counted per user;
+* an mshare region's spans, in every process that maps it under a policy that keeps its tables in
+  a host mm, are empty or the host's table -- never a table of the process's own -- and the host uses
+  every such table (so that it outlives the processes);
 * every content's storage refs equal the references to it;
 * each mm's VmPTE counters equal the tables reachable from it;
 * the system's PageTables equals the distinct tables of all mms (shared ones once, PGDs included);
@@ -38,9 +41,11 @@ import numpy as np
 
 from ..arch import (
     E_LEAF,
+    E_NONE,
     E_SHARED,
     E_TABLE,
     PAGE_SHIFT,
+    PTRS_PER_TABLE,
     entry_tag,
     entry_value,
     leaf_explicit,
@@ -50,13 +55,14 @@ from ..errors import InternalError
 from ..mm.frames import HUGE_UNITS, PG_ANON, PG_CACHE, ZERO_PFN
 from ..mm.huge_memory import folio_pages, pmd_trans_huge
 from ..mm.pagewalk import PMD, PTE, PUD
+from ..mm.pagewalk import walk as walk_range
 from ..mm.pgtable import COW, COW_COUNTED
 from ..mm.vma import VM_WRITE
 from .vma_checks import check_vmas
 
 if TYPE_CHECKING:
     from ..mm.kernel import Kernel
-    from ..mm.mm_struct import MM
+    from ..mm.mm_struct import MM, Task
     from ..system import System
 
 
@@ -113,9 +119,14 @@ class _Walk:
                     self._dir(child_lvl, child, addr, in_sid, inside_shared)
 
 
+def _mms(k: Kernel) -> list[Task]:
+    """Every live mm: the processes' and the host mms of mshare regions (mm/mshare.py)."""
+    return [t for t in k.tasks if t.alive] + [o.host for o in k.objects.values() if o.host is not None]
+
+
 def check(system: System) -> None:
     k = system.k
-    walks = {task.name: _Walk(k, task.mm) for task in k.tasks if task.alive}
+    walks = {task.name: _Walk(k, task.mm) for task in _mms(k)}
     mapcount = Counter()
     counted: set[int] = set()  # shared tables whose pages are counted already
     cache_owner: dict[int, str] = {}
@@ -134,6 +145,7 @@ def check(system: System) -> None:
         check_vmas(k, name, walk.mm, walk.ptes)
     _check_frames(k, mapcount, cache_owner)
     _check_shared(k, walks)
+    _check_hosts(k)
     _check_storage(k)
     _check_pagetables(k, walks)
     _check_background(k)
@@ -347,12 +359,42 @@ def _check_shared(k: Kernel, walks: dict[str, _Walk]) -> None:
                                 users=int(k.shared.users[sid]), using=users.get(sid, 0))
 
 
+def _check_hosts(k: Kernel) -> None:
+    """The tables of mshare regions, where the policy keeps them in a host mm (mm/mshare.py)."""
+    for lvl in k.policy.host_levels:
+        dlvl = lvl + 1
+        span, shift = k.geom.levels[lvl].span, k.geom.levels[dlvl].shift
+        for task in k.tasks:
+            if not task.alive:
+                continue
+            for vma in task.mm.vmas:
+                if vma.obj is None or not vma.obj.is_mshare:
+                    continue
+                host = vma.obj.host
+                for directory in walk_range(k, task.mm, vma.vm_start, vma.vm_end, dlvl, write=False):
+                    for base in range(directory.start, directory.end, span):
+                        entry = int(k.stores[dlvl].entries[directory.cid, (base >> shift) & (PTRS_PER_TABLE - 1)])
+                        tag = entry_tag(entry)
+                        if tag == E_SHARED and host is not None \
+                                and int(k.shared.owner[int(entry_value(entry))]) == host.mm.id:
+                            continue
+                        if tag != E_NONE:
+                            raise InternalError("an mshare region's span is not mapped through its host's table",
+                                                process=task.name, addr=hex(base), entry=hex(entry),
+                                                host=None if host is None else host.mm.id)
+    for obj in k.objects.values():
+        if obj.host is None:
+            continue
+        for sid in obj.host.mm.boxes:
+            if int(k.shared.owner[sid]) != obj.host.mm.id:
+                raise InternalError("a host mm uses a table it does not hold", object=obj.name, sid=sid)
+
+
 def _check_storage(k: Kernel) -> None:
     refs = [Counter() for _ in k.stores]
     box_refs = Counter()
-    for task in k.tasks:
-        if task.alive:
-            refs[-1][task.mm.pgd] += 1
+    for task in _mms(k):
+        refs[-1][task.mm.pgd] += 1
     live_boxes = [sid for sid in range(1, k.shared._next) if sid not in k.shared._free]
     for sid in live_boxes:
         if k.shared.content[sid]:

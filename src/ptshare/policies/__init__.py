@@ -6,12 +6,13 @@ from ..errors import UsageError
 from .asyncfork import AsyncFork
 from .base import Policy
 from .classic import Eager, Lazy, Linux, LinuxNoPmdShare
+from .mshare import Mshare
 from .odf import CowPT, OnDemandFork
 from .sharedpt import SharedPT, SharedPT2005
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (Eager, Lazy, Linux, SharedPT, SharedPT2005, LinuxNoPmdShare, OnDemandFork,
-                              CowPT, AsyncFork)}
+                              CowPT, AsyncFork, Mshare)}
 
 
 def get_policy(name: str) -> Policy:

@@ -33,6 +33,10 @@ A subclass may override exactly these hooks:
     How the tables shared by key are unshared when one user changes its mapping: ``"drop"`` (the
     user clears its entry and refaults into a table of its own) or ``"copy"`` (the user gets a
     private copy of the table's contents).
+``host_levels``
+    The levels (above PTE) whose tables shared by key belong to a host mm rather than to their users
+    (mshare): the users' VmPTE leaves them out, and tables inside them; PageTables counts them once.
+    Empty by default: a shared table counts in every user's VmPTE, as Linux counts hugetlb's.
 ``cow_pte_tables(vma)``
     Whether fork, where it would copy the PTE tables of ``vma``, shares them copy-on-write
     instead: parent and child use the same table until one of them changes the span -- a fault
@@ -95,6 +99,7 @@ class Policy:
     hugetlb_pmd_share = True
     unshare_mode = "drop"
     cow_pte_count_at_fork = False
+    host_levels: tuple[int, ...] = ()
 
     def vma_needs_copy(self, vma: VMA) -> bool:
         """Models vma_needs_copy() (mm/memory.c, 6.x): copy only what a fault cannot rebuild.

@@ -70,15 +70,16 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
         line = headers.get(("objects", n))
         if not isinstance(obj, dict):
             raise ScenarioError("each [[objects]] entry must be a table", path, line)
-        unknown = set(obj) - {"name", "kind", "size"}
+        unknown = set(obj) - {"name", "kind", "size", "region"}
         if unknown:
             key = sorted(unknown)[0]
-            raise ScenarioError(f"object has no field {key!r}; its fields are name, kind, size", path,
-                                keys.get(("objects", n), {}).get(key, line))
+            raise ScenarioError(f"object has no field {key!r}; its fields are name, kind, size and, for an mshare "
+                                "object, region", path, keys.get(("objects", n), {}).get(key, line))
         for key in ("name", "kind", "size"):
             if key not in obj:
                 raise ScenarioError(f"[[objects]] needs a {key!r}", path, line)
-        scenario.object(obj["name"], obj["kind"], obj["size"], line=line, keylines=keys.get(("objects", n), {}))
+        scenario.object(obj["name"], obj["kind"], obj["size"], line=line, keylines=keys.get(("objects", n), {}),
+                        region=obj.get("region"))
     steps = data.get("steps", [])
     if not isinstance(steps, list) or not steps:
         raise ScenarioError("a scenario needs at least one [[steps]] table", path, top.get("steps", 1))

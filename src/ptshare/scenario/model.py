@@ -20,7 +20,7 @@ from typing import Any
 
 from ..arch import PAGE_SIZE
 from ..errors import ScenarioError
-from ..mm.pagecache import KINDS
+from ..mm.pagecache import KINDS, MSHARE, MSHARE_ALIGN
 from ..mm.vma import PROTS
 from ..units import parse_size, si_note
 
@@ -80,6 +80,7 @@ class ObjectSpec:
     kind: str
     size: int
     line: int | None = None
+    region: int | None = None  # an mshare object's region (a multiple of 512 GiB holding it); None otherwise
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,10 @@ class Scenario:
     text: str | None = None  # the file's text, for hashing and reports
 
     def object(self, name: str, kind: str, size: int | str, *, line: int | None = None,
-               keylines: dict[str, int] | None = None) -> None:
+               keylines: dict[str, int] | None = None, region: int | str | None = None) -> None:
+        """Declare an object.  An ``mshare`` object is ``size`` bytes of shared anonymous memory placed at
+        the start of an mshare region of ``region`` bytes (a multiple of 512 GiB; by default the
+        smallest that holds it), which processes map whole."""
         at = (keylines or {}).get
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise _fail(f"object name {name!r} must be letters, digits and _ . : -", self.path, at("name", line))
@@ -213,7 +217,21 @@ class Scenario:
         if kind == "hugetlb" and nbytes % (2 << 20):
             raise _fail(f"object {name!r}: a hugetlb object's size must be a multiple of 2 MiB{si_note(size)}",
                         self.path, at("size", line))
-        self.objects.append(ObjectSpec(name, kind, nbytes, line))
+        region_bytes = None
+        if region is not None and kind != MSHARE:
+            raise _fail(f"object {name!r}: only an mshare object has a region", self.path, at("region", line))
+        if kind == MSHARE:
+            region_bytes = -(-nbytes // MSHARE_ALIGN) * MSHARE_ALIGN
+            if region is not None:
+                try:
+                    region_bytes = parse_size(region)
+                except ValueError as exc:
+                    raise _fail(f"object {name!r}: region: {exc}", self.path, at("region", line)) from None
+            if region_bytes % MSHARE_ALIGN or region_bytes < nbytes:
+                raise _fail(f"object {name!r}: region = {region!r} must be a multiple of 512 GiB (mshare_align on "
+                            f"x86-64: the span of one PUD table) at least as large as its size{si_note(region)}",
+                            self.path, at("region", line))
+        self.objects.append(ObjectSpec(name, kind, nbytes, line, region_bytes))
 
     def step(self, op: str, *, line: int | None = None, keylines: dict[str, int] | None = None,
              **fields: Any) -> None:

@@ -116,8 +116,8 @@ class Runner:
             obj = fields.get("object")
             offset = fields.get("offset", 0)
             size = fields.get("size")
-            if size is None:
-                size = s.object(obj).size - offset
+            if size is None:  # the whole object, or the whole region of an mshare object
+                size = (s.object(obj).region or s.object(obj).size) - offset
             addr = s.mmap(pid, size, object=obj, offset=offset, shared=fields.get("shared", False),
                           prot=fields.get("prot", "rw"), addr=fields.get("addr"), fixed=fields.get("fixed", False),
                           align=fields.get("align"))
@@ -131,7 +131,7 @@ class Runner:
                 self.handles[pid][fields["vma"]] = [new, fields["size"]]
                 return None
             offset = fields.get("offset", 0)
-            length = fields.get("length", size - offset)
+            length = fields.get("length", (_touched(s, pid, base, size) if op == "touch" else size) - offset)
             if length <= 0:
                 raise SimulationError(f"offset {offset} is at or past the end of mapping {fields['vma']!r} "
                                       f"({size} bytes); give a smaller offset or a length")
@@ -210,6 +210,15 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     return _result(scenario, system, results, cost, started)
 
 
+def _touched(s: System, pid: str, base: int, size: int) -> int:
+    """What a touch with no length covers of the mapping at ``base``: all of it -- but of an mshare
+    region only its object, not the rest of the region (past the object's end it would fault)."""
+    vma = s.task(pid).mm.vma_lookup(base)
+    if vma is not None and vma.obj is not None and vma.obj.is_mshare:
+        return min(size, vma.obj.size)
+    return size
+
+
 def translation_options(machine, on: bool) -> dict | bool:
     """What :class:`System` needs to model translation for ``machine`` (False: off)."""
     if not (on or machine.translation):
@@ -224,7 +233,7 @@ def create_objects(scenario: Scenario, system: System) -> None:
     """The scenario's objects, in ``system``."""
     for obj in scenario.objects:
         try:
-            system.create_object(obj.name, obj.kind, obj.size)
+            system.create_object(obj.name, obj.kind, obj.size, region=obj.region)
         except MemoryError:
             raise ScenarioError(f"object {obj.name!r}: {format_size(obj.size)} is more than this machine has the "
                                 "memory to simulate (its page cache is an array of one entry per page)",

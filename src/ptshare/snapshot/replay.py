@@ -15,6 +15,13 @@ or the huge zero page (read).  Deliberate
 shortcut: fault-around is switched off while replaying (:func:`exact_faults`), since it would map
 page-cache neighbours the real process does not have; it never adds a page table (it stays inside
 one PTE table), and it is switched back on before anything is measured.
+
+Under a policy that keeps tables in a host mm (``mshare``), a live system has no mshare region to
+replay, so the replay assumes one (:func:`region_candidates`): each shmem object that two or more
+processes map shared is placed in an mshare region of its own (its size rounded up to 512 GiB),
+and every process that maps it maps the whole region, where the region's rules put it (a multiple
+of 512 GiB, not the real address), and reads and writes the same pages of the object as the real
+one did.  Its mappings keep the widest rights the replay needs (mprotect of a region is refused).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 from ..arch import PAGE_SHIFT, PAGE_SIZE
 from ..errors import PtshareError
 from ..mm.access import Accesses
+from ..mm.pagecache import MSHARE_ALIGN
 from ..policies.base import Policy
 from ..system import SimulationError, System
 from .model import ANON, SPECIAL, ProcessSnap, Snapshot, VmaSnap
@@ -62,13 +70,42 @@ def exact_faults(policy: Policy) -> Iterator[None]:
         del policy.fault_around_pages
 
 
+def region_candidates(snapshot: Snapshot) -> set[int]:
+    """The objects an mshare policy is assumed to place in regions: shmem mapped shared by two or
+    more processes (see the module docstring)."""
+    users: dict[int, set[int]] = {}
+    for proc in snapshot.processes:
+        for v in proc.vmas:
+            if v.object >= 0 and v.kind == "shmem" and v.perms[3] == "s":
+                users.setdefault(v.object, set()).add(proc.pid)
+    return {n for n, pids in users.items() if len(pids) > 1}
+
+
 def new_system(snapshot: Snapshot, policy: Policy) -> System:
-    """An empty machine with the snapshot's objects."""
+    """An empty machine with the snapshot's objects (in mshare regions where ``policy`` keeps
+    tables in a host mm: :func:`region_candidates`)."""
     top = max((v.end for p in snapshot.processes for v in p.vmas), default=0)
     system = System(policy, aslr_bits=0, levels=5 if top > USER_4LEVEL - PAGE_SIZE else 4)
+    regions = region_candidates(snapshot) if policy.host_levels else set()
     for n, obj in enumerate(snapshot.objects):
-        system.create_object(object_name(n), obj.kind, max(obj.size, PAGE_SIZE))
+        size = max(obj.size, PAGE_SIZE)
+        if n in regions:
+            system.create_object(object_name(n), "mshare", size, region=-(-size // MSHARE_ALIGN) * MSHARE_ALIGN)
+        else:
+            system.create_object(object_name(n), obj.kind, size)
     return system
+
+
+def _region_start(system: System, name: str, vma: VmaSnap, prot: str) -> int | None:
+    """Where ``vma``'s page at object offset 0 is in process ``name``: in the mshare region its
+    object was placed in (mapped whole the first time), or None if the object is in none."""
+    obj = system.object(object_name(vma.object))
+    if not obj.is_mshare:
+        return None
+    for mapped in system.task(name).mm.vmas:
+        if mapped.obj is obj:
+            return mapped.vm_start
+    return system.mmap(name, obj.region, object=obj.name, shared=True, prot=prot)
 
 
 def replay_process(system: System, name: str, proc: ProcessSnap, warnings: list[str]) -> None:
@@ -90,7 +127,11 @@ def map_vma(system: System, name: str, vma: VmaSnap, pages: PageSet, written: Pa
     wide = ("r" if prot or need_read or need_write else "") + ("w" if "w" in prot or need_write else "")
     wide += "x" if "x" in prot else ""
     size = vma.end - vma.start
-    if vma.kind in (ANON, SPECIAL):
+    start = vma.start
+    region = _region_start(system, name, vma, wide) if vma.object >= 0 else None
+    if region is not None:
+        start = region + vma.offset
+    elif vma.kind in (ANON, SPECIAL):
         system.mmap(name, size, prot=wide, addr=vma.start, fixed=True)
     else:
         system.mmap(name, size, object=object_name(vma.object), offset=vma.offset, shared=vma.shared,
@@ -103,10 +144,10 @@ def map_vma(system: System, name: str, vma: VmaSnap, pages: PageSet, written: Pa
             mask = mask & ~thp.mask(lo, lo + len(mask))
         for write, sel in ((True, write_mask & mask), (False, mask & ~write_mask)):
             if sel.any():
-                _touch(system, name, vma.start + (lo << PAGE_SHIFT), sel, write, huge)
+                _touch(system, name, start + (lo << PAGE_SHIFT), sel, write, huge)
     if thp is not None:
         _touch_thp(system, name, vma.start, thp, written)
-    if wide != prot:
+    if wide != prot and region is None:
         system.mprotect(name, vma.start, size, prot)
 
 

@@ -5,7 +5,7 @@ A key names one field of a scenario file:
 ``machine.FIELD``
     a field of ``[machine]``: memory, cpus, aslr_bits, seed, levels, mmap_base.
 ``objects.NAME.FIELD``
-    a field of the ``[[objects]]`` table named NAME: size or kind.
+    a field of the ``[[objects]]`` table named NAME: size, kind or (an mshare object's) region.
 ``steps.N.FIELD``, ``steps.NAME.FIELD``
     a field of a ``[[steps]]`` table, by its 0-based position (the JSON's ``index``) or by its
     ``name``: any field its op takes, set in the file or not, and ``repeat``.
@@ -25,10 +25,15 @@ from ..errors import ScenarioError, UsageError
 from ..scenario import Machine, Scenario, Step
 from ..scenario.check import check_names
 from ..scenario.load import parse_machine
-from ..scenario.model import fields_of
+from ..scenario.model import ObjectSpec, fields_of
 
 MACHINE_FIELDS = tuple(f.name for f in fields(Machine))
 OBJECT_FIELDS = ("size", "kind")
+
+
+def object_fields(obj: ObjectSpec) -> tuple[str, ...]:
+    """The fields a sweep may vary of ``obj``: an mshare object's region too."""
+    return (*OBJECT_FIELDS, "region") if obj.kind == "mshare" else OBJECT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def resolve(scenario: Scenario, key: str, values: tuple[Any, ...] = ()) -> Axis:
         return Axis(key, section, None, parts[1], values)
     if section == "objects" and len(parts) == 3:
         obj = next((o for o in scenario.objects if o.name == parts[1]), None)
-        if obj is not None and parts[2] in OBJECT_FIELDS:
+        if obj is not None and parts[2] in object_fields(obj):
             return Axis(key, section, obj.name, parts[2], values)
     if section == "steps" and len(parts) == 3:
         step = _step(scenario, parts[1])
@@ -96,11 +101,12 @@ def known_keys(scenario: Scenario, key: str) -> str:
     """The keys near ``key`` that ``scenario`` has: those of the object or step it names, else an outline."""
     parts = key.split(".")
     if parts[0] == "objects" and len(parts) > 1 and any(o.name == parts[1] for o in scenario.objects):
-        return ", ".join(f"objects.{parts[1]}.{f}" for f in OBJECT_FIELDS)
+        obj = next(o for o in scenario.objects if o.name == parts[1])
+        return ", ".join(f"objects.{parts[1]}.{f}" for f in object_fields(obj))
     if parts[0] == "steps" and len(parts) > 1 and (step := _step(scenario, parts[1])) is not None:
         return ", ".join(f"steps.{parts[1]}.{f}" for f in fields_of(step.op))
     outline = [f"machine.{f}" for f in MACHINE_FIELDS]
-    outline += [f"objects.{o.name}.{{{','.join(OBJECT_FIELDS)}}}" for o in scenario.objects]
+    outline += [f"objects.{o.name}.{{{','.join(object_fields(o))}}}" for o in scenario.objects]
     outline.append(f"steps.{{0..{len(scenario.steps) - 1}}}.FIELD")
     named = [s.name for s in scenario.steps if s.name]
     if named:
@@ -121,8 +127,9 @@ def with_values(scenario: Scenario, settings: list[tuple[Axis, Any]]) -> Scenari
             new_machine = scenario.machine
         out = Scenario(scenario.name, scenario.description, new_machine, path=scenario.path)
         for o in scenario.objects:
-            out.object(o.name, objects.get((o.name, "kind"), o.kind), objects.get((o.name, "size"), o.size),
-                       line=o.line)
+            kind = objects.get((o.name, "kind"), o.kind)
+            region = objects.get((o.name, "region"), o.region if kind == o.kind else None)
+            out.object(o.name, kind, objects.get((o.name, "size"), o.size), line=o.line, region=region)
         for s in scenario.steps:
             given = {k: v for (index, k), v in steps.items() if index == s.index}
             out.step(s.op, line=s.line, keylines=s.keylines,
