@@ -20,7 +20,7 @@ import numpy as np
 
 from ..arch import mk_shared
 from ..errors import InternalError
-from .frames import PG_EXCLUSIVE, ZERO_PFN
+from .frames import PG_EXCLUSIVE, ZERO_PFN, scattered
 from .pagewalk import PMD, PTE, account_alloc, account_free, account_mm
 from .pgtable import COPY, COW, DROP
 
@@ -203,9 +203,11 @@ def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
     if cow.any():
         cid = k.shared.cow_content(sid)
         pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
-    anon = pfn[present & (pfn > ZERO_PFN)]
+    mapped = present & (pfn > ZERO_PFN)
+    anon = pfn[mapped]
     k.frames.mapcount[anon] += 1
     k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+    k.events.add("ptes_copied_scattered", scattered(pfn[None], mapped[None]))
     pte.get(cid)  # the copy holds what the shared table holds: storage is shared until one changes
     k.events.add("pt_copied")
     k.events.add("ptes_copied", int(present.sum()))

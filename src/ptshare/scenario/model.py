@@ -20,6 +20,7 @@ from typing import Any
 
 from ..arch import PAGE_SIZE
 from ..errors import ScenarioError
+from ..mm.frames import DEFAULT_FRAMES_IN_ORDER, DEFAULT_SCATTERED
 from ..mm.pagecache import KINDS
 from ..mm.vma import PROTS
 from ..units import parse_size, si_note
@@ -71,6 +72,8 @@ class Machine:
     translation: bool = False  # model address translation of touches (TLBs, walks, caches)
     translation_cpu: str = "zen4"  # the CPU table (ptshare.translation.cpus)
     translation_slice: int = 4096  # accesses per scheduler time slice
+    scattered: int = DEFAULT_SCATTERED  # bytes the page allocator hands out in no order first (mm/frames.py)
+    frames_in_order: int = DEFAULT_FRAMES_IN_ORDER  # then frames come in runs of this many
 
 
 @dataclass(frozen=True)
