@@ -348,3 +348,19 @@ def test_an_interrupted_calibration_leaves_nothing(tmp_path):
     assert "Traceback" not in err
     assert not (tmp_path / "never.toml").exists()
     _nothing_left(tag, before, hugepages)
+
+
+def test_what_measuring_a_call_adds_is_taken_from_the_ops_whose_calls_are_events():
+    munmap = Point("f", Sample(3, "munmap"), {"munmap": 2, "ptes_zapped": 10}, [10_000, 12_000])
+    touch = Point("f", Sample(4, "touch", {call("touch"): 1}), {"accesses": 5}, [5_000])
+    assert calibrate_run.less_measuring(munmap, 250.0).times_ns == [9_500, 11_500]
+    assert calibrate_run.less_measuring(touch, 250.0).times_ns == [5_000]  # its intercept takes it in
+
+
+def test_a_dense_probe_runs_frames_replace_the_simulated_out_of_order_count():
+    fork = Point("probe-dense 64 MiB", Sample(3, "fork"), {"ptes_copied": 16_384, "ptes_copied_scattered": 16_384})
+    point = with_frames(fork, "ptes_copied_scattered", _probe_run(64 << 20, 4096, 0, 0.75), 1_000)
+    assert point.events["ptes_copied_scattered"] == 4_096 and point.times_ns == [1_000]
+    sparse = Point("probe-sparse", Sample(3, "fork"), {"ptes_copied": 32, "ptes_copied_scattered": 32})
+    kept = with_frames(sparse, "ptes_copied_scattered", _probe_run(64 << 20, 2 << 20, 0, 0.0), 1_000)
+    assert kept.events["ptes_copied_scattered"] == 32  # one page per 2 MiB: the simulator's count stands

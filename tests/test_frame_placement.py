@@ -129,3 +129,12 @@ def test_munmap_mremap_and_madvise_are_counted_once_per_call():
     steps = run(sc, "linux").steps
     assert steps[2].events["mremap"] == 1 and steps[3].events["madvise"] == 1
     assert steps[5].events["munmap"] == 3
+
+
+def test_a_host_runs_frames_are_modelled_as_the_backend_leaves_them():
+    """The backend writes and frees memory before each run (host.guest.pre_touch): the simulator
+    side of a host comparison gets no scattered pool and runs of 2, whatever the scenario says."""
+    from ptshare.host.plan import HOST_RUN_FRAMES, host_scenario
+
+    machine = host_scenario(_fork_scenario(4 * MIB, scattered=1 << 30)).machine
+    assert (machine.scattered, machine.frames_in_order) == (0, 2) == tuple(HOST_RUN_FRAMES.values())
