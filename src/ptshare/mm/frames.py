@@ -161,7 +161,7 @@ class FrameTable:
         self._charge(units)
         if self._pool:  # the scattered frames are the small pages' (THP folios need large free blocks)
             self._deal_pool()
-        start = -(-self._next // HUGE_UNITS) * HUGE_UNITS
+        start = self.end
         if start > self._next:  # the frames skipped to align the folio stay free for small pages
             self._free.insert(0, self._carve(start - self._next))
         self._grow(start + units)
@@ -179,7 +179,7 @@ class FrameTable:
         block, in run ``_runs[(i % 512) // frames_in_order]``."""
         i = np.arange(self._next, self._next + n, dtype=np.int64)
         self._next += n
-        self._grow(-(-self._next // HUGE_UNITS) * HUGE_UNITS)
+        self._grow(self.end)
         within = i % HUGE_UNITS
         return i - within + self._runs[within // self._run] + within % self._run
 
@@ -231,9 +231,15 @@ class FrameTable:
 
     # --- queries -------------------------------------------------------------------------------
 
+    @property
+    def end(self) -> int:
+        """One past the highest frame ever handed out: never-used frames are carved in runs
+        shuffled inside each 2 MiB block, so the block of the last one handed out counts whole."""
+        return -(-self._next // HUGE_UNITS) * HUGE_UNITS
+
     def used_pfns(self) -> np.ndarray:
         """Every allocated data frame (not the zero page)."""
-        live = (self.flags[: -(-self._next // HUGE_UNITS) * HUGE_UNITS] & (PG_ANON | PG_CACHE)) != 0
+        live = (self.flags[: self.end] & (PG_ANON | PG_CACHE)) != 0
         return np.flatnonzero(live)
 
 
