@@ -23,12 +23,13 @@ from ptshare.calibrate.experiment import Experiment, Point
 from ptshare.calibrate.families import Sample, call
 from ptshare.calibrate.fit import PREFAULTED_READ, UNMEASURABLE, events_of, fit
 from ptshare.calibrate.nnls import nnls
-from ptshare.calibrate.probes import ProbeExperiment, probe_plan
+from ptshare.calibrate.probes import ProbeExperiment, probe_plan, with_frames
 from ptshare.calibrate.profile import provenance
 from ptshare.cli.main import main
 from ptshare.cost import CostModel, load_profile
 from ptshare.host.backend import host_problem
 from ptshare.host.objects import meminfo
+from ptshare.realfork.probe import ProbeRun, Span
 
 HOST_PROBLEM = host_problem(need_root=True)
 needs_host = pytest.mark.skipif(HOST_PROBLEM is not None, reason=HOST_PROBLEM or "")
@@ -104,17 +105,31 @@ def quick_points():
     probes = ProbeExperiment(probe_plan(quick=True), load_profile())
     for cfg in probes.configs:
         probes.simulate(cfg)
-    return [p for pts in exp.points.values() for p in pts] + [p for pair in probes.points.values() for p in pair if p]
+    out = [p for pts in exp.points.values() for p in pts]
+    for cfg, (fork, exit_) in probes.simulated.items():
+        # frames in order as a probe run finds them: half of a fresh run's, none of a shuffled one's
+        run = _probe_run(cfg.size, cfg.stride, cfg.vmas, 0.0 if cfg.layout == "shuffled" else 0.5)
+        out.append(with_frames(fork, "ptes_copied_scattered", run, 0))
+        if exit_ is not None:
+            out.append(with_frames(exit_, "ptes_zapped_scattered", run, 0))
+    return out
+
+
+def _probe_run(size: int, stride: int, vmas: int, adjacent: float) -> ProbeRun:
+    span = Span(0, 0)
+    return ProbeRun(size, stride, vmas, "fresh", adjacent, span, (span,), (span,), span)
 
 
 TRUTH = {"fault_anon": 310.0, "fault_zero": 640.0, "fault_file": 980.0, "fault_around_ptes": 120.0,
          "fault_shared_write": 870.0, "fault_cow": 520.0, "fault_wp_copy": 610.0, "fault_wp_reuse": 700.0,
-         "fault_wp_shared": 2100.0, "page_alloc": 1250.0, "ptes_copied": 95.0, "pte_tables_copied": 1000.0,
-         "vmas_copied": 800.0, "ptes_zapped": 60.0, "pages_freed": 190.0, "pgtable_alloc": 500.0,
+         "fault_wp_shared": 2100.0, "page_alloc": 1250.0, "ptes_copied": 35.0,
+         "ptes_copied_scattered": 120.0, "pte_tables_copied": 1000.0,
+         "vmas_copied": 800.0, "ptes_zapped": 60.0,
+         "ptes_zapped_scattered": 55.0, "pages_freed": 190.0, "pgtable_alloc": 500.0,
          "pgtable_free": 400.0, "ptes_changed": 75.0, "ptes_moved": 12.0, "fork": 45_000.0,
-         "accesses": 11.0}
-PSEUDO = {call("touch"): 1_500.0, call("exit"): 900.0, call("munmap"): 3_800.0,
-          call("mprotect"): 2_000.0, call("mremap"): 5_000.0, PREFAULTED_READ: 230.0}
+         "accesses": 11.0, "munmap": 3_800.0, "mprotect": 2_000.0, "mremap": 5_000.0,
+         "madvise": 1_700.0}
+PSEUDO = {call("touch"): 1_500.0, call("exit"): 900.0, PREFAULTED_READ: 230.0}
 
 
 def _synthetic(points: list[Point], base: CostModel, noise: float = 0.0, seed: int = 0) -> list[Point]:
@@ -229,7 +244,7 @@ def test_cli_json(tmp_path, capsys, fake_calibration):
     assert doc["events"]["ptes_copied"]["source"] == "measured"
     assert doc["events"]["fork"]["source"] == "measured"  # by the fork probe, whose own fork costs next to nothing
     assert doc["events"]["exec"]["source"] == "kept" and doc["events"]["exec"]["why"]
-    assert set(doc["ops"]) == {"fork", "touch", "exit", "munmap", "mprotect", "mremap"}
+    assert set(doc["ops"]) == {"fork", "touch", "exit", "munmap", "mprotect", "mremap", "madvise"}
     assert "[ns]" in doc["profile"]["text"]
 
 
@@ -333,3 +348,19 @@ def test_an_interrupted_calibration_leaves_nothing(tmp_path):
     assert "Traceback" not in err
     assert not (tmp_path / "never.toml").exists()
     _nothing_left(tag, before, hugepages)
+
+
+def test_what_measuring_a_call_adds_is_taken_from_the_ops_whose_calls_are_events():
+    munmap = Point("f", Sample(3, "munmap"), {"munmap": 2, "ptes_zapped": 10}, [10_000, 12_000])
+    touch = Point("f", Sample(4, "touch", {call("touch"): 1}), {"accesses": 5}, [5_000])
+    assert calibrate_run.less_measuring(munmap, 250.0).times_ns == [9_500, 11_500]
+    assert calibrate_run.less_measuring(touch, 250.0).times_ns == [5_000]  # its intercept takes it in
+
+
+def test_a_dense_probe_runs_frames_replace_the_simulated_out_of_order_count():
+    fork = Point("probe-dense 64 MiB", Sample(3, "fork"), {"ptes_copied": 16_384, "ptes_copied_scattered": 16_384})
+    point = with_frames(fork, "ptes_copied_scattered", _probe_run(64 << 20, 4096, 0, 0.75), 1_000)
+    assert point.events["ptes_copied_scattered"] == 4_096 and point.times_ns == [1_000]
+    sparse = Point("probe-sparse", Sample(3, "fork"), {"ptes_copied": 32, "ptes_copied_scattered": 32})
+    kept = with_frames(sparse, "ptes_copied_scattered", _probe_run(64 << 20, 2 << 20, 0, 0.0), 1_000)
+    assert kept.events["ptes_copied_scattered"] == 32  # one page per 2 MiB: the simulator's count stands

@@ -122,7 +122,11 @@ def test_lazy_tradeoff_claims(outcomes):
         assert ys[-1] > eager.y[-1]
         assert f"{ys[-1]:.1f} ms under" in o.sentences[1]
     shared = series(o, 0, label("shared-pt")).y
-    assert max(shared) < min(eager.y)
+    # "pays neither": less than eager's copy at every share of the segment the child reads, and than
+    # lazy's faults once it reads any (reading nothing, lazy pays nothing and sharing its attach)
+    lazy = series(o, 0, label("lazy")).y
+    assert all(y < e for y, e in zip(shared, eager.y, strict=True))
+    assert all(y < z for pct, y, z in zip(eager.x, shared, lazy, strict=True) if pct > 0)
     assert o.facts["shared-pt_faults_max"] == 0 and "0 faults" in o.sentences[2]
 
 

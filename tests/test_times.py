@@ -189,3 +189,7 @@ def test_bench_real_prints_and_writes_each_size(tmp_path, capsys, monkeypatch):
         assert len(s["cpu_ns_all"]) == 2 and s["measured_cpu_ns"] == round(statistics.median(s["cpu_ns_all"]))
         assert s["ptes"] == s["size"] // 4096
         assert s["ratio"] == pytest.approx(s["predicted_ns"] / s["measured_cpu_ns"], rel=1e-3)
+        assert 0 <= s["predicted_frames_adjacent"] <= 1
+        assert s["ratio_with_measured_frames"] == pytest.approx(
+            s["predicted_with_measured_frames_ns"] / s["measured_cpu_ns"], rel=1e-3)
+    assert len(real["load_average"]) == 2

@@ -30,7 +30,7 @@ from .mm import mshare as _mshare
 from .mm import ptshare as _ptshare
 from .mm import truncate as _truncate
 from .mm.access import Accesses
-from .mm.frames import OutOfMemory
+from .mm.frames import DEFAULT_FRAMES_IN_ORDER, DEFAULT_SCATTERED, OutOfMemory
 from .mm.huge_memory import THP_MODES
 from .mm.kernel import Kernel
 from .mm.memory import handle_mm_fault_range
@@ -76,12 +76,14 @@ class System:
     def __init__(self, policy: str | Policy = "linux", *, memory: int | str | None = None, cpus: int = 2,
                  aslr_bits: int = 28, seed: int = 1, levels: int = 4, mmap_base: int | str | None = None,
                  thp: str = "madvise", task_size: int | None = None, check: bool = False,
-                 translation: bool | dict = False) -> None:
+                 translation: bool | dict = False, scattered: int | str = DEFAULT_SCATTERED,
+                 frames_in_order: int = DEFAULT_FRAMES_IN_ORDER) -> None:
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         mem = None if memory is None else _size(memory, "memory")
         if not 0 <= aslr_bits <= 32:
             raise SimulationError(f"aslr_bits must be between 0 and 32, not {aslr_bits}")
-        self.k = Kernel(geometry(levels), self.policy, mem, cpus, aslr_bits, seed)
+        self.k = Kernel(geometry(levels), self.policy, mem, cpus, aslr_bits, seed, _size(scattered, "scattered"),
+                        frames_in_order)
         if thp not in THP_MODES:
             raise SimulationError(f"thp must be one of {', '.join(THP_MODES)}, not {thp!r}")
         self.k.thp = thp
@@ -263,6 +265,7 @@ class System:
     def munmap(self, name: str, addr: int, length: int | str) -> None:
         task = self.task(name)
         self._run(task, lambda: _mmap.do_munmap(self.k, task.mm, addr, _size(length, "length")))
+        self.k.events.add("munmap")
         _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
@@ -273,12 +276,14 @@ class System:
         except ValueError as exc:
             raise SimulationError(str(exc)) from None
         self._run(task, lambda: _mprotect.do_mprotect(self.k, task.mm, addr, _size(length, "length"), flags))
+        self.k.events.add("mprotect")
         _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
     def madvise_dontneed(self, name: str, addr: int, length: int | str) -> None:
         task = self.task(name)
         self._run(task, lambda: _mprotect.do_madvise_dontneed(self.k, task.mm, addr, _size(length, "length")))
+        self.k.events.add("madvise")
         _asyncfork.range_changed(self.k, task.mm, addr, _size(length, "length"))
         self._after()
 
@@ -289,6 +294,7 @@ class System:
         task = self.task(name)
         self._run(task, lambda: _mprotect.do_madvise_hugepage(self.k, task.mm, addr, _size(length, "length"),
                                                               advice == "hugepage"))
+        self.k.events.add("madvise")
         self._after()
 
     def mremap(self, name: str, addr: int, old_size: int | str, new_size: int | str,
@@ -296,6 +302,7 @@ class System:
         task = self.task(name)
         new = self._run(task, lambda: _mremap.do_mremap(self.k, task.mm, addr, _size(old_size, "size"),
                                                           _size(new_size, "size"), new_addr))
+        self.k.events.add("mremap")
         _asyncfork.range_changed(self.k, task.mm, addr, _size(old_size, "size"))
         self._after()
         return new

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -53,16 +54,20 @@ def _real(profile: str | None) -> dict:
     sizes, left_out = affordable(SIZES)
     for size in left_out:
         print(f"  --real: {format_size(size)} left out: more than half of the memory available now", file=sys.stderr)
+    load_before = os.getloadavg()[0]
     results = compare(sizes, RUNS, cost)
+    load_after = os.getloadavg()[0]
     rows = [[format_size(r.size), f"{r.ptes:,}", format_ns(r.measured_ns), format_ns(r.to_json()["measured_wall_ns"]),
-             f"{r.measured_ns / r.ptes:.1f}", format_ns(r.predicted_ns), f"{r.ratio:.2f}", f"{r.adjacent:.2f}"]
-            for r in results]
+             f"{r.measured_ns / r.ptes:.1f}", format_ns(r.predicted_ns), f"{r.ratio:.2f}",
+             f"{r.adjacent:.2f} / {r.predicted_adjacent:.2f}", f"{r.ratio_with_frames:.2f}"] for r in results]
     print(f"fork of a C program that wrote N of private anonymous memory (median of {RUNS}), against the cost "
-          f"model (profile {cost.name!r}, measured on {cost.machine})")
+          f"model (profile {cost.name!r}, measured on {cost.machine}); load average {load_before:.1f} before, "
+          f"{load_after:.1f} after")
     print(table(["memory", "PTEs", "fork (CPU)", "fork (wall)", "ns/PTE", "predicted", "predicted / measured",
-                 "frames adjacent"], rows, "lrrrrrrr"))
+                 "frames in order, measured / model", "ratio with measured frames"], rows, "lrrrrrrrr"))
     print()
     return {"runs": RUNS, "profile": cost.name, "profile_machine": cost.machine, "clock": "thread CPU time",
+            "load_average": [round(load_before, 2), round(load_after, 2)],
             "sizes": [r.to_json() for r in results], "left_out": left_out}
 
 

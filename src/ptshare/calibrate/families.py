@@ -112,6 +112,11 @@ class _Builder:
             fields["size"] = size
         self._add("mmap", None, pid=pid, vma=vma, repeat=repeat, **fields)
 
+    def written(self, pid: str, vma: str, size: int) -> None:
+        """Anonymous memory mapped and written, not a sample: what the sample steps then act on."""
+        self.mmap(pid, vma, size)
+        self.touch(pid, vma, size, write=True, sample=False)
+
     def touch(self, pid: str, vma: str, length: int, *, write: bool, stride: int = PAGE_SIZE, repeat: int = 1,
               sample: bool = True) -> None:
         self._add("touch", "touch" if sample else None, {call("touch"): repeat},
@@ -128,13 +133,18 @@ class _Builder:
         self._add("exit", "exit" if sample else None, {call("exit"): 1}, pid=pid)
 
     def munmap(self, pid: str, vma: str, repeat: int = 1, sample: bool = True) -> None:
-        self._add("munmap", "munmap" if sample else None, {call("munmap"): repeat}, pid=pid, vma=vma, repeat=repeat)
+        self._add("munmap", "munmap" if sample else None, {}, pid=pid, vma=vma, repeat=repeat)
 
-    def mprotect(self, pid: str, vma: str, prot: str) -> None:
-        self._add("mprotect", "mprotect", {call("mprotect"): 1}, pid=pid, vma=vma, prot=prot)
+    def mprotect(self, pid: str, vma: str, prot: str, length: int | None = None) -> None:
+        self._add("mprotect", "mprotect", {}, pid=pid, vma=vma, prot=prot,
+                  **({} if length is None else {"length": length}))
 
     def mremap(self, pid: str, vma: str, size: int, addr: int) -> None:
-        self._add("mremap", "mremap", {call("mremap"): 1}, pid=pid, vma=vma, size=size, addr=addr)
+        self._add("mremap", "mremap", {}, pid=pid, vma=vma, size=size, addr=addr)
+
+    def madvise(self, pid: str, vma: str, advice: str, length: int | None = None) -> None:
+        self._add("madvise", "madvise", {}, pid=pid, vma=vma, advice=advice,
+                  **({} if length is None else {"length": length}))
 
 
 def anon(sizes: list[int]) -> Family:
@@ -262,15 +272,21 @@ def file(sizes: list[int]) -> Family:
 
 
 def mprotect(sizes: list[int]) -> Family:
-    b = _Builder("mprotect", "written anonymous memory made read-only and writable again")
+    """Written anonymous memory made read-only and writable again, whole (its PTEs) and, untouched,
+    whole and half (no PTE: mprotect's fixed cost, with and without splitting the VMA)."""
+    b = _Builder("mprotect", "written anonymous memory made read-only and writable again; untouched memory too")
     b.spawn("p")
     for n in sizes:
         a = f"a{n}"
-        b.mmap("p", a, n * MIB)
-        b.touch("p", a, n * MIB, write=True, sample=False)
+        b.written("p", a, n * MIB)
         b.mprotect("p", a, "r")
         b.mprotect("p", a, "rw")
         b.munmap("p", a, sample=False)
+    b.mmap("p", "u", sizes[0] * MIB)
+    for length in (None, sizes[0] * MIB // 2):
+        b.mprotect("p", "u", "r", length=length)
+        b.mprotect("p", "u", "rw", length=length)
+    b.munmap("p", "u", sample=False)
     return b.family
 
 
@@ -283,9 +299,24 @@ def mremap(sizes: list[int]) -> Family:
     b.spawn("p")
     for i, n in enumerate(sizes):
         a = f"a{n}"
-        b.mmap("p", a, n * MIB)
-        b.touch("p", a, n * MIB, write=True, sample=False)
+        b.written("p", a, n * MIB)
         b.mremap("p", a, n * MIB, addr=MREMAP_TARGET + i * GIB + PAGE_SIZE)
+        b.munmap("p", a, sample=False)
+    return b.family
+
+
+def madvise(sizes: list[int]) -> Family:
+    """MADV_DONTNEED of written anonymous memory (its zap), and hints that change no entry
+    (MADV_HUGEPAGE and MADV_NOHUGEPAGE over the first half, which split the VMA and merge it back):
+    madvise's fixed cost."""
+    b = _Builder("madvise", "written anonymous memory dropped by MADV_DONTNEED; THP hints")
+    b.spawn("p")
+    for n in sizes:
+        a = f"a{n}"
+        b.written("p", a, n * MIB)
+        b.madvise("p", a, "hugepage", length=n * MIB // 2)
+        b.madvise("p", a, "nohugepage", length=n * MIB // 2)
+        b.madvise("p", a, "dontneed")
         b.munmap("p", a, sample=False)
     return b.family
 
@@ -330,11 +361,11 @@ def plan(quick: bool, hugetlb_ok: bool) -> list[Family]:
     if quick:
         fams = [anon([8, 32, 64]), sparse([256, 1024]), zero([16, 64]), vmas([0, 64, 256]),
                 fault_around(16, [1, 2, 4, 16, None]), cow([16, 32]), file([16]), mprotect([16, 64]),
-                mremap([16, 32, 64])]
+                mremap([16, 32, 64]), madvise([16, 64])]
     else:
         fams = [anon([16, 32, 64, 128, 256, 512]), sparse([256, 512, 1024, 2048, 4096]), zero([16, 64, 256]),
                 vmas([0, 16, 64, 256, 1024]), fault_around(64, [1, 2, 4, 8, 16, None]), cow([16, 64, 128]),
-                file([16, 64]), mprotect([16, 64, 256]), mremap([16, 64, 256])]
+                file([16, 64]), mprotect([16, 64, 256]), mremap([16, 64, 256]), madvise([16, 64, 256])]
         if hugetlb_ok:
             fams.append(hugetlb([32, 64, 128]))
     return fams

@@ -3,10 +3,13 @@ sample of every op.
 
 Each sample's measured time is modelled as the simulator's estimate would make it -- the sum over
 events of count x cost -- plus what the measurement holds that the model has no event for
-(*pseudo-events*, measured and reported but not written to the profile): the op's fixed cost per
-call (the intercept; for fork, what a host worker's fork adds to the kernel's ``fork``, see
-:mod:`.worker_fork`: fork's own fixed cost is measured by the probe, :mod:`.probes`) and, for
-touches, a cost per read of a page that fault-around has just mapped (:data:`PREFAULTED_READ`).
+(*pseudo-events*, measured and reported but not written to the profile): the fixed cost per call
+of a touch, a worker's exit and a worker's fork (the intercept; for fork, what a host worker's
+fork adds to the kernel's ``fork``, see :mod:`.worker_fork`: fork's own fixed cost is measured by
+the probe, :mod:`.probes`) and, for touches, a cost per read of a page that fault-around has just
+mapped (:data:`PREFAULTED_READ`).  The calls of munmap, mprotect, mremap and madvise are events of
+the model (their samples' times are taken less what measuring a call adds, see
+:func:`ptshare.calibrate.run.less_measuring`).
 (The cost of an access itself is the ``accesses`` event's.)  Events are of three kinds:
 
 * *fitted*: their cost is a coefficient of the fit, and is what the profile gets;

@@ -93,16 +93,20 @@ def _header(fit: Fit, prov: Provenance) -> list[str]:
         f"Method: families of small scenarios ({', '.join(prov.families)}), each varying one size at a time, run "
         f"{prov.repeat} times on this kernel by the host backend (medians) and once on the simulator (policy linux) "
         "for the event counts of each step; ns per event by one non-negative least-squares fit over all "
-        f"{prov.samples} samples, weighted by 1/measured time, with a fixed cost per call of each op as intercept"
+        f"{prov.samples} samples, weighted by 1/measured time, with a fixed cost per call of fork, exit and touch "
+        "as intercept (the calls of munmap, mprotect, mremap and madvise are events of the model, fitted from their "
+        "times less what measuring a call adds)"
         + (f"; {prov.set_aside} host runs of a sample set aside (its fault count differed from the model's)"
            if prov.set_aside else "") + "."
         + (" A --quick run: small sizes, few runs." if prov.quick else "")
     )
     probe = ("Fork and its child's teardown are timed by a C program (forkprobe) that writes private anonymous "
-             "memory (dense: 2 to 8 GiB; sparse: one page per 2 MiB over 1 to 8 GiB; up to 1,024 one-page VMAs), "
-             "forks three times after a warm-up fork and takes the median of the forks' CPU time, runs interleaved "
-             "with the families: a Python worker's own address space would be in every fork it makes, and the CPU "
-             "time leaves out the time other processes held the CPU.")
+             "memory (dense: 2, 3 and 6 GiB, and 1 and 2 GiB written in a random order; sparse: one page per 2 MiB "
+             "over 1 to 8 GiB; up to 1,024 one-page VMAs), forks three times after a warm-up fork and takes the "
+             "median of the forks' CPU time, runs interleaved with the families: a Python worker's own address "
+             "space would be in every fork it makes, and the CPU time leaves out the time other processes held the "
+             "CPU.  Each probe run is a sample, with the PTEs whose frames are out of order (ptes_copied_scattered, "
+             "ptes_zapped_scattered) counted from the frames it read in /proc/self/pagemap.")
     guest = ("Guest memory is written and freed just before each host run, so the runs get memory the hypervisor "
              "has backed: its first-touch cost (about 10 us per 4 KiB page on the project's Firecracker guests) is "
              "not in these numbers.")

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..cost import CostModel
 from ..errors import PtshareError
 from ..host.backend import host_problem
 from ..host.measure import cpu_clock
 from ..host.objects import HostError
+from ..host.times import measured_call_ns
 from ..realfork.probe import compiler_problem
-from .experiment import Experiment
+from .experiment import Experiment, Point
 from .families import call, plan
 from .fit import NO_EXPERIMENT, Fit, fit
 from .probes import ProbeExperiment, probe_plan
@@ -23,6 +24,7 @@ from .worker_fork import worker_fork_events
 FULL_REPEAT = 5
 QUICK_REPEAT = 3
 HUGETLB_EVENTS = ("fault_hugetlb", "hpage_alloc", "huge_pmds_copied")
+SYSCALL_EVENTS = ("munmap", "mprotect", "mremap", "madvise")  # ops whose calls are events of the model
 
 
 @dataclass
@@ -45,6 +47,16 @@ class Calibration:
     def fork_intercept_ns(self) -> float | None:
         cost = self.fit.pseudo.get(call("fork"))
         return None if cost is None else cost.ns + self.fit.events["fork"].ns
+
+
+def less_measuring(point: Point, call_ns: float) -> Point:
+    """``point`` with what measuring its calls added subtracted, for the ops whose fixed cost is an
+    event of the model (``munmap``, ``mprotect``, ``mremap``, ``madvise``: one per call), as ``validate --times``
+    subtracts it; the other ops' fits keep an intercept that takes it in."""
+    calls = point.events.get(point.op, 0) if point.op in SYSCALL_EVENTS else 0
+    if not calls:
+        return point
+    return replace(point, times_ns=[round(t - calls * call_ns) for t in point.times_ns])
 
 
 def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
@@ -75,7 +87,8 @@ def calibrate(base: CostModel, quick: bool = False, repeat: int | None = None,
             if progress is not None:
                 progress(done, len(work) + 1)
             step(fam)
-    points = experiment.measured() + probes.measured()
+        call_ns = measured_call_ns()
+    points = [less_measuring(p, call_ns) for p in experiment.measured()] + probes.measured()
     if not points:
         raise PtshareError("no calibration sample could be measured on this host (every run's fault counts "
                            "differed from the model's)")

@@ -132,14 +132,20 @@ def _overhead_scenario() -> Scenario:
     return sc
 
 
+def measured_call_ns(runs: int = 5) -> float:
+    """What measuring a call adds to it (two clock reads, two ``getrusage``): the median time of a
+    measured call that does nothing.  Call inside :func:`.measure.cpu_clock`."""
+    meter = Meter()
+    try:
+        return float(statistics.median(meter.touch(0, 0, False).ns for _ in range(max(5, runs))))
+    finally:
+        meter.close()
+
+
 def worker_overhead(cost: CostModel, runs: int) -> dict[str, float]:
     """What a worker adds to a step, per call: ``call`` (any measured call), ``fork``, ``exit``.
     Call inside :func:`.measure.cpu_clock`."""
-    meter = Meter()
-    try:
-        calls = [meter.touch(0, 0, False).ns for _ in range(max(5, runs))]
-    finally:
-        meter.close()
+    call = measured_call_ns(runs)
     sc = _overhead_scenario()
     sim = run(host_scenario(sc), "linux", cost=cost)
     forks, exits = [], []
@@ -149,7 +155,7 @@ def worker_overhead(cost: CostModel, runs: int) -> dict[str, float]:
             raise PtshareError(f"cannot measure a worker's own fork: {error}")
         forks.append(host.steps[1].wall_ns)
         exits.append(host.steps[2].wall_ns)
-    return {"call": float(statistics.median(calls)),
+    return {"call": call,
             "fork": max(0.0, statistics.median(forks) - sim.steps[1].est_ns),
             "exit": max(0.0, float(statistics.median(exits)))}
 

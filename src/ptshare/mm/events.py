@@ -30,6 +30,8 @@ EVENTS: dict[str, str] = {
     # fork
     "fork": "fork() calls",
     "ptes_copied": "PTEs copied by copy_pte_range at fork, or when a shared table is copied",
+    "ptes_copied_scattered": "of ptes_copied, those whose page's frame is not the frame after the previous PTE's "
+                             "(its struct page is not the line after the last one: a cache miss; see docs/model.md)",
     "huge_pmds_copied": "huge PMD entries (hugetlb, THP) copied at fork",
     "thp_fault_alloc": "transparent huge pages allocated by a fault (do_huge_pmd_anonymous_page, do_huge_zero_wp_pmd)",
     "thp_zero_page": "huge zero page mapped by a read fault",
@@ -47,10 +49,16 @@ EVENTS: dict[str, str] = {
     "ptes_zapped_rmap": "of ptes_zapped, those that mapped a page, not the zero page: its rmap and reference dropped",
     "ptes_zapped_file": "of ptes_zapped_rmap, those that mapped a page-cache page (file, shmem): marked accessed, "
                         "left in the cache",
+    "ptes_zapped_scattered": "of ptes_zapped_rmap, anonymous pages whose frame is not the frame after the previous "
+                             "PTE's (as ptes_copied_scattered)",
     "vmas_freed": "VMAs torn down by munmap, mremap, exit and exec (remove_vma)",
     "pages_freed": "data frames returned to the allocator",
     "exit": "exit_mmap() calls",
     "exec": "exec() calls",
+    "munmap": "munmap() calls: the system call, finding and splitting the VMAs, the TLB flush and freeing batch",
+    "mprotect": "mprotect() calls: the system call, finding, splitting and merging the VMAs",
+    "mremap": "mremap() calls: the system call, resizing the VMA in place or copying it (copy_vma) to move it",
+    "madvise": "madvise() calls: the system call, finding (and for a hint, splitting and merging) the VMAs",
     # page tables
     "pgtable_alloc": "page-table pages allocated",
     "pgtable_free": "page-table pages freed",
@@ -72,7 +80,8 @@ EVENTS: dict[str, str] = {
                       "them (proactive synchronisation; the copy itself is in pte_tables_copied and ptes_copied)",
     "tlb_flush_all": "TLB flushes on all CPUs (an operation that unshared shared tables; batched)",
     "tlb_flush_mm": "TLB flushes of one mm's CPUs (an operation that changed its entries; batched)",
-    "ptes_changed": "PTEs write-protected or made writable by mprotect",
+    "ptes_changed": "present PTEs mprotect rewrote: change_pte_range() rewrites every present entry of the range, "
+                    "whether or not its permission changes",
     "ptes_moved": "PTEs moved by mremap",
 }
 

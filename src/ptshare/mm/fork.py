@@ -31,7 +31,7 @@ from ..arch import (
     range_bits,
 )
 from . import asyncfork, ptshare
-from .frames import PG_EXCLUSIVE, ZERO_PFN
+from .frames import PG_EXCLUSIVE, ZERO_PFN, scattered
 from .huge_memory import copy_huge_pmds, pmd_trans_huge
 from .mm_struct import Task
 from .mmap import release_object
@@ -173,9 +173,11 @@ def copy_pmd_range(k: Kernel, dst: VMA, src: VMA, src_pmd: Table, dst_pmd: Table
     framed = np.flatnonzero(pte.row[cids] > 0)  # tables with explicit frames: anonymous or private copies
     if len(framed):
         pfn = pte.pfn[pte.row[cids[framed]]]
-        anon = pfn[bitmap_unpack(copied[framed]) & (pfn > ZERO_PFN)]
+        mapped = bitmap_unpack(copied[framed]) & (pfn > ZERO_PFN)
+        anon = pfn[mapped]
         k.frames.mapcount[anon] += 1
         k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+        k.events.add("ptes_copied_scattered", scattered(pfn, mapped))
     k.events.add("ptes_copied", int(bitmap_weight(copied).sum()))
     dst_tags = entry_tag(dst_e[idx])
     fresh = dst_tags == E_NONE

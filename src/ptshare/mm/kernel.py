@@ -13,7 +13,7 @@ import numpy as np
 
 from ..arch import Geometry
 from .events import Events
-from .frames import FrameTable
+from .frames import DEFAULT_FRAMES_IN_ORDER, DEFAULT_SCATTERED, FrameTable
 from .mm_struct import MM, Task
 from .pgtable import DirStore, PteStore, SharedTables
 
@@ -26,14 +26,14 @@ class Kernel:
     """Everything the operations act on."""
 
     def __init__(self, geom: Geometry, policy: Policy, memory: int | None, cpus: int, aslr_bits: int,
-                 seed: int):
+                 seed: int, scattered: int = DEFAULT_SCATTERED, frames_in_order: int = DEFAULT_FRAMES_IN_ORDER):
         self.geom = geom
         self.task_size = geom.task_size  # the top of user space; System(task_size=) may put it lower
         self.policy = policy
         self.cpus = cpus
         self.aslr_bits = aslr_bits
         self.rng = np.random.default_rng(seed)
-        self.frames = FrameTable(memory)
+        self.frames = FrameTable(memory, scattered, frames_in_order, seed)
         self.events = Events()
         self.offpath = Events()  # of ``events``, the work done off the caller's path (mm/asyncfork.py)
         self.background: list = []  # page-table copies fork left to the child (mm/asyncfork.py)

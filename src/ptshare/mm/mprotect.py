@@ -148,10 +148,12 @@ def change_pmd_range(k: Kernel, vma: VMA, pmd: Table) -> None:
     else:
         grant = np.zeros_like(mask)
     new_write = np.where(mask, grant, write)
+    # change_pte_range() rewrites every present entry of the range (ptep_modify_prot_start/commit),
+    # whether or not its write bit changes; only the contents of the changed tables differ here.
+    k.events.add("ptes_changed", int(np.count_nonzero(mask)))
     changed = (new_write != write).any(axis=1)
     if not changed.any():
         return
-    k.events.add("ptes_changed", int((new_write != write).sum()))
     for n in np.flatnonzero(changed).tolist():
         if sids[n]:
             cid = k.shared.cow_content(int(sids[n]))

@@ -21,7 +21,7 @@ import numpy as np
 from ..arch import mk_shared
 from ..errors import InternalError
 from . import mshare
-from .frames import PG_EXCLUSIVE, ZERO_PFN
+from .frames import PG_EXCLUSIVE, ZERO_PFN, scattered
 from .pagewalk import PMD, PTE, account_alloc, account_free, account_mm
 from .pgtable import COPY, COW, COW_COUNTED, DROP
 
@@ -196,10 +196,12 @@ def _count_for_user(k: Kernel, cid: int) -> int:
     if cow.any():
         cid = int(pte.cow(np.array([cid]))[0])
         pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
-    anon = pfn[present & (pfn > ZERO_PFN)]
+    mapped = present & (pfn > ZERO_PFN)
+    anon = pfn[mapped]
     k.frames.mapcount[anon] += 1
     k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
     k.events.add("cow_pte_counted", int(present.sum()))
+    k.events.add("ptes_copied_scattered", scattered(pfn[None], mapped[None]))
     return cid
 
 
@@ -259,9 +261,11 @@ def copy_shared(k: Kernel, mm: MM, lvl: int, sid: int) -> int:
         cid = k.shared.cow_content(sid)
         pte.store(np.array([cid]), present[None], (write & ~cow)[None], pfn[None])
     if k.shared.mode[sid] != COW_COUNTED:  # else fork counted the copy's mappings already
-        anon = pfn[present & (pfn > ZERO_PFN)]
+        mapped = present & (pfn > ZERO_PFN)
+        anon = pfn[mapped]
         k.frames.mapcount[anon] += 1
         k.frames.flags[anon] &= ~np.uint8(PG_EXCLUSIVE)
+        k.events.add("ptes_copied_scattered", scattered(pfn[None], mapped[None]))
     pte.get(cid)  # the copy holds what the shared table holds: storage is shared until one changes
     k.events.add("pt_copied")
     # The entries of a table whose pages fork counted are copied as they are (Lin's break of a COW

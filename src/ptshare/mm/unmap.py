@@ -29,7 +29,7 @@ from ..arch import (
 )
 from ..errors import InternalError
 from . import ptshare
-from .frames import ZERO_PFN
+from .frames import ZERO_PFN, scattered
 from .huge_memory import pmd_trans_huge, split_huge_pmd_range_ends, zap_huge_pmds
 from .pagewalk import PMD, PTE, Shared, Table, account_free, shared_entries, shared_entry, span_slices, walk
 
@@ -96,6 +96,7 @@ def zap_pmd_range(k: Kernel, mm: MM, pmd: Table, how: Shared) -> int:
     # page is no "normal" page to zap_present_ptes(), which only clears its entry.
     k.events.add("ptes_zapped_rmap", len(gone) - int(np.count_nonzero(gone == ZERO_PFN)))
     k.events.add("ptes_zapped_file", int(np.count_nonzero(gone == 0)))
+    k.events.add("ptes_zapped_scattered", scattered(pfn, mask & (pfn > ZERO_PFN)))
     present &= ~mask
     write &= ~mask
     pfn[mask] = 0

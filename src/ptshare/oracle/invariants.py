@@ -320,8 +320,7 @@ def _check_counts(k: Kernel, name: str, walk: _Walk) -> None:
 
 def _check_frames(k: Kernel, mapcount: Counter, cache_owner: dict[int, str]) -> None:
     frames = k.frames
-    limit = frames._next
-    flags = frames.flags[:limit]
+    flags = frames.flags[:frames.end]
     anon = np.flatnonzero((flags & PG_ANON) != 0)
     for pfn in anon.tolist():
         if frames.mapcount[pfn] != mapcount.get(pfn, 0):

@@ -6,6 +6,12 @@ moment of the machine falls on all sizes alike.  Measured is the median over the
 fork's CPU time (the kernel's work; on an idle machine its wall time is the same, and the median
 wall time is shown beside it); predicted is the cost model's time for the same fork
 (:mod:`.predict`).  The ratio is predicted / measured.
+
+The model's time depends on where the simulated allocator put the frames (``[machine]
+scattered``, ``frames_in_order``); the run's own frames are known too (the probe reads them), so
+beside the ratio is the one the model gives with the run's frames instead of its own: the first
+says how well ptshare predicts the fork, the second how well it prices a fork whose frames it
+knows.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ class RealFork:
     cpu_ns: list[int]  # one per run
     wall_ns: list[int]
     predicted_ns: float
-    adjacent: float  # median share of frames following their predecessor (see forkprobe.c)
+    adjacent: float  # median share of frames next to their predecessor's (see forkprobe.c)
+    predicted_adjacent: float  # the same share in the simulator's allocator
+    scattered_ns: float  # the profile's ptes_copied_scattered: what a PTE out of order costs more
+
+    @property
+    def with_frames_ns(self) -> float:
+        """The model's time for the fork with the measured frames' order instead of its own."""
+        return self.predicted_ns + (self.predicted_adjacent - self.adjacent) * self.ptes * self.scattered_ns
 
     @property
     def measured_ns(self) -> float:
@@ -40,11 +53,17 @@ class RealFork:
     def ratio(self) -> float:
         return self.predicted_ns / self.measured_ns
 
+    @property
+    def ratio_with_frames(self) -> float:
+        return self.with_frames_ns / self.measured_ns
+
     def to_json(self) -> dict:
         return {"size": self.size, "ptes": self.ptes, "measured_cpu_ns": round(self.measured_ns),
                 "measured_wall_ns": round(statistics.median(self.wall_ns)), "cpu_ns_all": self.cpu_ns,
                 "wall_ns_all": self.wall_ns, "predicted_ns": round(self.predicted_ns), "ratio": round(self.ratio, 4),
-                "frames_adjacent": self.adjacent}
+                "frames_adjacent": self.adjacent, "predicted_frames_adjacent": round(self.predicted_adjacent, 4),
+                "predicted_with_measured_frames_ns": round(self.with_frames_ns),
+                "ratio_with_measured_frames": round(self.ratio_with_frames, 4)}
 
 
 def affordable(sizes: tuple[int, ...]) -> tuple[list[int], list[int]]:
@@ -63,6 +82,8 @@ def compare(sizes: list[int], runs: int = RUNS, cost: CostModel | None = None) -
     for size in sizes:
         p = predict(size, cost=cost)
         rs = done[size]
+        in_order = 1 - p.fork_events.get("ptes_copied_scattered", 0) / p.ptes
         out.append(RealFork(size, p.ptes, [r.forks[0].cpu_ns for r in rs], [r.forks[0].wall_ns for r in rs],
-                            p.fork_ns, float(statistics.median(r.adjacent for r in rs))))
+                            p.fork_ns, float(statistics.median(r.adjacent for r in rs)), in_order,
+                            cost.ns.get("ptes_copied_scattered", 0.0)))
     return out

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
             runs[layout, thp].append(run_probe(args.size, layout=layout, thp=thp, forks=3))
     ptes = args.size // 4096
     print(f"{describe()}; {args.size >> 20} MiB written, {args.rounds} interleaved rounds of 3 forks, medians")
-    print(f"{'layout':<16}{'frames adjacent':>16}{'fork ns/PTE cpu':>17}{'wall':>8}{'teardown ns/PTE cpu':>21}")
+    print(f"{'layout':<16}{'frames in order':>16}{'fork ns/PTE cpu':>17}{'wall':>8}{'teardown ns/PTE cpu':>21}")
     for (layout, thp), rs in runs.items():
         forks_cpu = statistics.median(f.cpu_ns for r in rs for f in r.forks) / ptes
         forks_wall = statistics.median(f.wall_ns for r in rs for f in r.forks) / ptes

@@ -81,8 +81,9 @@ static const char *sarg(int argc, char **argv, const char *key, const char *dflt
 	return dflt;
 }
 
-/* Of the written pages, the share whose frame is the frame of the page before plus one (-1 when
- * /proc/self/pagemap hides frame numbers: not root). */
+/* Of the written pages, the share whose frame is next to the frame of the page before, one more
+ * or one less (pages the kernel freed and handed back last-in first-out come in descending
+ * order); -1 when /proc/self/pagemap hides frame numbers: not root. */
 static double adjacent(char *a, unsigned long size, unsigned long stride)
 {
 	unsigned long n = size / PAGE, up = 0, pages = 0;
@@ -97,7 +98,7 @@ static double adjacent(char *a, unsigned long size, unsigned long stride)
 			free(e);
 			return -1;
 		}
-		if (pages++ && pfn == prev + stride / PAGE)
+		if (pages++ && (pfn == prev + stride / PAGE || pfn + stride / PAGE == prev))
 			up++;
 		prev = pfn;
 	}

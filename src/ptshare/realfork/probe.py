@@ -82,7 +82,7 @@ class ProbeRun:
     stride: int
     vmas: int
     layout: str
-    adjacent: float  # share of written pages whose frame follows the previous page's; -1 if hidden
+    adjacent: float  # share of written pages whose frame is next to the previous page's; -1 if hidden
     touch: Span
     forks: tuple[Span, ...]
     exits: tuple[Span, ...]  # each child's munmap of everything: exit_mmap's work on the copy

@@ -15,7 +15,7 @@ from .lines import scan
 from .model import Machine, Scenario
 
 _MACHINE_KEYS = {"memory", "cpus", "aslr_bits", "seed", "levels", "mmap_base", "thp", "translation", "translation_cpu",
-                 "translation_slice", "translation_sample"}
+                 "translation_slice", "translation_sample", "scattered", "frames_in_order"}
 _TOP_KEYS = {"name", "description", "machine", "objects", "steps"}
 
 
@@ -124,6 +124,11 @@ def parse_machine(data: Any, path: str, top: dict[str, int]) -> Machine:
             raise ScenarioError(f"memory: {exc}", path, top.get("machine.memory", line)) from None
         if out["memory"] < 1 << 20:
             raise ScenarioError("memory must be at least 1 MiB", path, top.get("machine.memory", line))
+    if "scattered" in data:
+        try:
+            out["scattered"] = parse_size(data["scattered"])
+        except ValueError as exc:
+            raise ScenarioError(f"scattered: {exc}", path, top.get("machine.scattered", line)) from None
     if "thp" in data:
         if data["thp"] not in THP_MODES:
             raise ScenarioError(f"thp = {data['thp']!r} is not allowed; use one of {', '.join(THP_MODES)}", path,
@@ -150,4 +155,10 @@ def parse_machine(data: Any, path: str, top: dict[str, int]) -> Machine:
                 raise ScenarioError(f"{key} = {value!r} must be a whole number from {lo} to {hi}", path,
                                     top.get(f"machine.{key}", line))
             out[key] = value
+    if "frames_in_order" in data:
+        value = data["frames_in_order"]
+        if isinstance(value, bool) or value not in [1 << n for n in range(10)]:
+            raise ScenarioError(f"frames_in_order = {value!r} must be a power of two from 1 to 512", path,
+                                top.get("machine.frames_in_order", line))
+        out["frames_in_order"] = value
     return Machine(**out)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..arch import PAGE_SIZE
 from ..errors import ScenarioError
+from ..mm.frames import DEFAULT_FRAMES_IN_ORDER, DEFAULT_SCATTERED
 from ..mm.pagecache import KINDS, MSHARE, MSHARE_ALIGN
 from ..mm.vma import PROTS
 from ..units import parse_size, si_note
@@ -72,6 +73,8 @@ class Machine:
     translation_cpu: str = "zen4"  # the CPU table (ptshare.translation.cpus)
     translation_slice: int = 4096  # accesses per scheduler time slice
     translation_sample: int = 1  # beyond its first 2**20 accesses, a step simulates 1 access in this many
+    scattered: int = DEFAULT_SCATTERED  # bytes the page allocator hands out in no order first (mm/frames.py)
+    frames_in_order: int = DEFAULT_FRAMES_IN_ORDER  # then frames come in runs of this many
 
 
 @dataclass(frozen=True)

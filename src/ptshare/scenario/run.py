@@ -168,7 +168,8 @@ def run(scenario: Scenario, policy: str, *, cost: CostModel | None = None, check
     cost = cost or load_profile()
     m = scenario.machine
     system = System(policy, memory=m.memory, cpus=m.cpus, aslr_bits=m.aslr_bits, seed=m.seed, levels=m.levels,
-                    mmap_base=m.mmap_base, thp=m.thp, task_size=task_size, check=check,
+                    mmap_base=m.mmap_base, thp=m.thp, task_size=task_size, check=check, scattered=m.scattered,
+                    frames_in_order=m.frames_in_order,
                     translation=translation_options(m, translation))
     create_objects(scenario, system)
     runner = Runner(scenario, system)
