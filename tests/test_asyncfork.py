@@ -45,8 +45,10 @@ def test_the_fork_returns_without_the_pmd_and_pte_copy_which_the_child_makes_in_
     assert "ptes_copied" not in fork_a.events and "pte_tables_copied" not in fork_a.events
     assert fork_a.events["pgtable_alloc"] == 2 and fork_a.events["vmas_copied"] == 1
     cost = load_profile()
+    assert "ptes_copied_scattered" not in fork_a.events
     moved = (cost.ns["ptes_copied"] * (1 << 18) + cost.ns["pte_tables_copied"] * 512
-             + cost.ns["pgtable_alloc"] * 513)  # 512 PTE tables and the child's PMD table
+             + cost.ns["pgtable_alloc"] * 513  # 512 PTE tables and the child's PMD table
+             + cost.ns["ptes_copied_scattered"] * fork_l.events["ptes_copied_scattered"])
     assert fork_l.est_ns - fork_a.est_ns == pytest.approx(moved)
     assert fork_a.est_ns_background == 0
     # The child's next step waits for the copy: all of it off the parent's path, none on the child's.
