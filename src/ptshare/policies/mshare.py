@@ -26,8 +26,8 @@ class Mshare(Policy):
     name = "mshare"
     label = "mshare (2025)"
     words = "mshare"
-    color = "#17becf"
-    marker = "h"
+    color = "#7f7f7f"
+    marker = "p"
     kernel = "mshare v3 (Yznaga, August 2025) on Linux 6.18"
     summary = ("as linux, plus the PUD tables of mshare regions held by a host mm and linked into every "
                "process that maps the region; faults fill them for all")
